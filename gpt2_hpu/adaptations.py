@@ -1,0 +1,92 @@
+"""Every place where gpt2_hpu adapts stock Fairseq at run time, with why. Applied once, idempotently.
+
+Each entry is one small function; when Fairseq grows the hook it stands in for, delete that entry.
+
+1. hpu_options: Fairseq has no way for a plugin to add fields to `cfg.common`; we swap CommonConfig for
+   HpuCommonConfig in FairseqConfig (and the by-name imports), then re-run hydra_init so argparse, Hydra and
+   the stored schema all see `--hpu`.
+2. hpu_trainer: Fairseq has no Trainer registry; fairseq_cli.train looks `Trainer` up as a module global at
+   call time, so rebinding it (also in `__main__` for `python -m fairseq_cli.train`) selects HpuTrainer.
+3. recompute_mark_step: activation checkpointing re-runs the forward inside backward; in lazy mode that
+   graph must be cut first or memory is not saved, and Fairseq's CheckpointFunction has no hook for it.
+4. distributed_launch: Fairseq's spawn and torchrun paths count CUDA devices (0 on Gaudi or CPU) and default
+   to nccl; we wrap call_main to launch on HPU (hccl) and CPU (gloo).
+"""
+import functools
+import sys
+
+_applied = set()
+
+
+def apply():
+    for name, adapt in ADAPTATIONS:
+        if name not in _applied:
+            adapt()
+            _applied.add(name)
+
+
+def hpu_options():
+    import fairseq.dataclass.configs as configs
+    import fairseq.options as options
+    from fairseq.dataclass.initialize import hydra_init
+
+    from gpt2_hpu.config import HpuCommonConfig
+
+    common = configs.FairseqConfig.__dataclass_fields__["common"]
+    # 0.12.2 stores a default instance, later Fairseq stores the class: keep whichever kind it uses.
+    new_default = HpuCommonConfig if isinstance(common.default, type) else HpuCommonConfig()
+    common.type = HpuCommonConfig
+    common.default = new_default
+    setattr(configs.FairseqConfig, "common", new_default)  # omegaconf 2.0 reads the class attribute
+    configs.CommonConfig = HpuCommonConfig
+    options.CommonConfig = HpuCommonConfig
+    hydra_init()
+
+
+def hpu_trainer():
+    import fairseq.trainer
+    import fairseq_cli.train
+
+    from gpt2_hpu.trainer import HpuTrainer
+
+    fairseq_cli.train.Trainer = HpuTrainer
+    main_module = sys.modules.get("__main__")
+    if getattr(main_module, "Trainer", None) is fairseq.trainer.Trainer:
+        main_module.Trainer = HpuTrainer
+
+
+def recompute_mark_step():
+    from fairseq.modules.checkpoint_activations import CheckpointFunction
+
+    from gpt2_hpu import device
+
+    original = CheckpointFunction.backward
+
+    @functools.wraps(original)
+    def backward(ctx, *args):
+        device.mark_step_if_training()
+        return original(ctx, *args)
+
+    CheckpointFunction.backward = staticmethod(backward)
+
+
+def distributed_launch():
+    import fairseq.distributed.utils as distributed_utils
+
+    from gpt2_hpu import distributed
+
+    original = distributed_utils.call_main
+
+    @functools.wraps(original)
+    def call_main(cfg, main, **kwargs):
+        return distributed.call_main(cfg, main, original, **kwargs)
+
+    distributed_utils.call_main = call_main
+
+
+ADAPTATIONS = [
+    ("hpu_options", hpu_options),
+    ("hpu_trainer", hpu_trainer),
+    ("recompute_mark_step", recompute_mark_step),
+    ("distributed_launch", distributed_launch),
+]

@@ -1,0 +1,131 @@
+"""Distributed start-up on HPU (hccl) and CPU (gloo), where Fairseq's own only knows CUDA.
+
+Launches, in order of precedence:
+- torchrun / torch.distributed.run: MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK (LOCAL_RANK) in the env;
+- mpirun (Open MPI): OMPI_COMM_WORLD_{SIZE,RANK,LOCAL_RANK}, with MASTER_ADDR/MASTER_PORT given by the user;
+- one host, `--distributed-world-size N`: N processes spawned here, one per HPU, on a free local port.
+CUDA runs (and TPU) go through Fairseq unchanged.
+"""
+import logging
+import os
+import socket
+
+import torch
+
+from gpt2_hpu import device as hpu_device
+from gpt2_hpu.config import hpu_mode_arg
+from gpt2_hpu.errors import UsageError, exit_with
+
+logger = logging.getLogger(__name__)
+
+_TORCHRUN_VARS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK")
+_MPI_VARS = ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK")
+
+
+def uses_fairseq_launch(cfg):
+    """CUDA and TPU runs keep Fairseq's own launcher."""
+    common = cfg.common
+    if getattr(common, "hpu", False):
+        return False
+    return bool(common.tpu) or (torch.cuda.is_available() and not common.cpu)
+
+
+def call_main(cfg, main, fairseq_call_main, **kwargs):
+    if uses_fairseq_launch(cfg):
+        return fairseq_call_main(cfg, main, **kwargs)
+    try:
+        plan = _plan_launch(cfg)
+    except UsageError as e:
+        exit_with(str(e))
+    if plan == "spawn":
+        _spawn(cfg, main, kwargs)
+    elif plan == "env":
+        _run_rank(cfg.distributed_training.device_id, main, cfg, kwargs)
+    else:
+        if cfg.common.hpu:
+            _activate(cfg)
+        main(cfg, **kwargs)
+
+
+def _activate(cfg):
+    try:
+        return hpu_device.activate(hpu_mode_arg(cfg.common))
+    except hpu_device.HabanaUnavailable as e:
+        raise UsageError(str(e)) from None
+
+
+def _plan_launch(cfg):
+    """Fills cfg.distributed_training for the launch found; returns "env", "spawn" or "single"."""
+    dt = cfg.distributed_training
+    if dt.distributed_backend in (None, "nccl"):
+        dt.distributed_backend = hpu_device.HpuDevice.distributed_backend if cfg.common.hpu else "gloo"
+
+    if dt.distributed_init_method is None and all(k in os.environ for k in _MPI_VARS) \
+            and not all(k in os.environ for k in ("WORLD_SIZE", "RANK")):
+        os.environ["WORLD_SIZE"] = os.environ["OMPI_COMM_WORLD_SIZE"]
+        os.environ["RANK"] = os.environ["OMPI_COMM_WORLD_RANK"]
+        os.environ["LOCAL_RANK"] = os.environ["OMPI_COMM_WORLD_LOCAL_RANK"]
+        if not all(k in os.environ for k in ("MASTER_ADDR", "MASTER_PORT")):
+            raise UsageError("mpirun launch needs MASTER_ADDR and MASTER_PORT (the address and a free port of "
+                             "rank 0's host): export them, e.g. with mpirun -x MASTER_ADDR=host0 -x MASTER_PORT=29500")
+
+    if dt.distributed_init_method is None and all(k in os.environ for k in _TORCHRUN_VARS):
+        world_size = int(os.environ["WORLD_SIZE"])
+        if world_size > 1:
+            dt.distributed_init_method = "env://"
+            dt.distributed_world_size = world_size
+            dt.distributed_rank = int(os.environ["RANK"])
+            dt.device_id = int(os.environ.get("LOCAL_RANK", 0))
+            dt.distributed_no_spawn = True
+            return "env"
+
+    world_size = dt.distributed_world_size or 1
+    if world_size <= 1:
+        return "single"
+
+    if cfg.common.hpu:
+        available = _activate(cfg).device_count()
+        if world_size > available:
+            raise UsageError(f"--distributed-world-size {world_size} asks for {world_size} HPUs but this host has "
+                             f"{available}: lower it, or launch across hosts with torchrun or mpirun")
+    if dt.distributed_init_method is None:
+        dt.distributed_init_method = f"tcp://localhost:{free_port()}"
+    return "spawn" if not dt.distributed_no_spawn else "env"
+
+
+def free_port():
+    """A port the kernel just handed out: far less likely to collide than a random guess."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(cfg, main, kwargs):
+    dt = cfg.distributed_training
+    kwargs = dict(kwargs, start_rank=dt.distributed_rank or 0)
+    dt.distributed_rank = None  # each child takes start_rank + its index
+    # join=True: when any rank dies, the others are terminated and the error is raised here (no hang).
+    torch.multiprocessing.spawn(fn=_run_spawned_rank, args=(main, cfg, kwargs), nprocs=dt.distributed_world_size,
+                                join=True)
+
+
+def _run_spawned_rank(index, main, cfg, kwargs):
+    """Entry point of each spawned process (a gpt2_hpu function, so unpickling it loads the plugin first)."""
+    from gpt2_hpu import adaptations
+
+    adaptations.apply()
+    dt = cfg.distributed_training
+    os.environ["WORLD_SIZE"] = str(dt.distributed_world_size)
+    os.environ["RANK"] = str(kwargs.get("start_rank", 0) + index)
+    os.environ["LOCAL_RANK"] = str(index)
+    _run_rank(index, main, cfg, kwargs)
+
+
+def _run_rank(local_rank, main, cfg, kwargs):
+    from fairseq.distributed import utils as distributed_utils
+
+    if cfg.common.hpu:
+        # The launcher environment must be in place before Habana's hccl module is imported.
+        device = _activate(cfg)
+        device.initialize_distributed(int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"]), local_rank)
+    distributed_utils.distributed_main(local_rank, main, cfg, kwargs)

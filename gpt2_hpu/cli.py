@@ -13,10 +13,12 @@ from gpt2_hpu.errors import exit_with
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def _load_plugin(prog):
+def _load_plugin(prog, fairseq_cli_module):
     if importlib.util.find_spec("fairseq") is None:
         exit_with("Fairseq is not installed: pip install 'gpt2-hpu[fairseq]' (fairseq-fixed), or install "
                   "fairseq 0.12.2 from its source tag", prog=prog)
+    # Fairseq's CLI module first: it sets up logging at import, as under fairseq-train.
+    importlib.import_module(fairseq_cli_module)
     from gpt2_hpu import adaptations
 
     adaptations.apply()
@@ -27,7 +29,7 @@ def _has_option(argv, name):
 
 
 def train_main():
-    _load_plugin("gpt2-hpu-train")
+    _load_plugin("gpt2-hpu-train", "fairseq_cli.train")
     # Spawned ranks re-import the user dir named in the config: name this package.
     if not _has_option(sys.argv[1:], "--user-dir"):
         sys.argv[1:1] = ["--user-dir", PACKAGE_DIR]
@@ -37,7 +39,7 @@ def train_main():
 
 
 def hydra_train_main():
-    _load_plugin("gpt2-hpu-hydra-train")
+    _load_plugin("gpt2-hpu-hydra-train", "fairseq_cli.hydra_train")
     if not any(a.split("=", 1)[0].lstrip("+") == "common.user_dir" for a in sys.argv[1:]):
         sys.argv.append(f"common.user_dir={PACKAGE_DIR}")
     from fairseq_cli.hydra_train import cli_main

@@ -85,7 +85,8 @@ def fairseq_train(args, env=None, timeout=300, entry="fairseq-train"):
     return proc
 
 
-_LOG = re.compile(r"\| (train_inner|train|valid) \| (\{.*\})\s*$")
+# fairseq-train writes "| train_inner | {...}", Hydra's logging "[train_inner][INFO] - {...}".
+_LOG = re.compile(r"(?:\| |\[)(train_inner|train|valid)(?: \| |\]\[INFO\] - )(\{.*\})\s*$")
 
 
 def log_records(output, kind):

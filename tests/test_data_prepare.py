@@ -2,7 +2,6 @@
 
 import io
 import json
-import lzma
 import os
 import tarfile
 
@@ -208,3 +207,24 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path, mode):
     names = ["dict.txt", "train.bin", "train.idx", "valid.bin", "valid.idx"]
     _same_outputs(out, ref, names)
     assert not os.path.exists(work)
+
+
+def test_prepare_starts_without_torch_or_fairseq():
+    import subprocess
+    import sys
+
+    from data_helpers import REPO
+
+    code = (
+        "import sys, runpy\n"
+        "sys.argv = ['gpt2-hpu-prepare', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('gpt2_hpu.data', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0\n"
+        "from gpt2_hpu.data import bpe, dictionary, encode, indexed, prepare, progress, sources, spool\n"
+        "assert 'torch' not in sys.modules and 'fairseq' not in sys.modules, 'heavy import'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert "--trainpref" in r.stdout and "--demo-corpus" in r.stdout

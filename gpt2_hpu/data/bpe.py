@@ -179,7 +179,3 @@ class VocabSource:
         except Exception as e:
             raise PrepareError(f"invalid vocabulary {self.describe()}: {e}")
 
-
-def vocab_size(encoding):
-    """Number of ids the encoder may produce (ranks + specials)."""
-    return encoding.n_vocab

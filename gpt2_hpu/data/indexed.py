@@ -38,7 +38,7 @@ DTYPE_CODES = {
     np.dtype(np.uint64): 10,
 }
 CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
-BLOCK = 1 << 20  # elements per block when streaming sizes / pointers
+BLOCK = 1 << 16  # elements per block when streaming sizes / pointers
 
 
 def best_fitting_dtype(dictionary_size):

@@ -8,7 +8,7 @@ import time
 
 
 class Progress:
-    def __init__(self, label, enabled, total_bytes=None):
+    def __init__(self, label, enabled):
         self.label = label
         self.enabled = enabled and sys.stderr.isatty()
         self.tokens = 0

@@ -53,7 +53,7 @@ class Spool:
                 f.close()
         self._raw = self._sizes = None
 
-    def iter_raw_blocks(self, block_tokens=1 << 20):
+    def iter_raw_blocks(self, block_tokens=1 << 18):
         """Read the raw ids back in blocks (bounded memory)."""
         with open(self.raw_path, "rb") as f:
             while True:

@@ -54,7 +54,8 @@ def train(device, data_dir, save_dir, workdir, config_dir, extra_overrides):
     print("$ " + " ".join(cmd), flush=True)
 
     train_losses, valid_losses = [], []
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
     for line in proc.stdout:
         if "UserWarning" in line or line.startswith("  "):
             continue  # library deprecation chatter

@@ -35,6 +35,8 @@ def call_main(cfg, main, fairseq_call_main, **kwargs):
         return fairseq_call_main(cfg, main, **kwargs)
     try:
         plan = _plan_launch(cfg)
+        if plan == "single" and cfg.common.hpu:
+            _activate(cfg)
     except UsageError as e:
         exit_with(str(e))
     if plan == "spawn":
@@ -42,8 +44,6 @@ def call_main(cfg, main, fairseq_call_main, **kwargs):
     elif plan == "env":
         _run_rank(cfg.distributed_training.device_id, main, cfg, kwargs)
     else:
-        if cfg.common.hpu:
-            _activate(cfg)
         main(cfg, **kwargs)
 
 

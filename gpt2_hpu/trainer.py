@@ -120,6 +120,19 @@ class HpuTrainer(Trainer):
         else:
             logger.info("--zero-sharding os: one data-parallel rank, nothing to shard")
 
+    def _log_zero_shards_once(self):
+        """After the first update (Adam's state exists by then): how much optimizer state each rank holds."""
+        sharded = getattr(self._optimizer, "optimizer", None) if self._optimizer is not None else None
+        if not isinstance(sharded, zero.FairseqZeroOptimizer) or getattr(self, "_zero_logged", False):
+            return
+        self._zero_logged = True
+        per_rank = [None] * self.data_parallel_world_size
+        torch.distributed.all_gather_object(per_rank, sharded.local_state_numel(),
+                                            group=self.data_parallel_process_group)
+        total = sum(per_rank)
+        logger.info(f"ZeRO-1 optimizer state per rank: {per_rank} elements of {total} "
+                    f"(largest/ideal {max(per_rank) * len(per_rank) / max(total, 1):.3f})")
+
     def clip_grad_norm(self, clip_norm):
         if self._hpu is None or self.is_fsdp or not _is_plain(self.optimizer):
             return super().clip_grad_norm(clip_norm)
@@ -135,7 +148,9 @@ class HpuTrainer(Trainer):
     # --- steps ------------------------------------------------------------------------------------------
     def train_step(self, samples, raise_oom=False):
         if self._hpu is None or self._in_hpu_step:  # the second case: Fairseq's AMP retry re-enters
-            return super().train_step(samples, raise_oom)
+            logging_output = super().train_step(samples, raise_oom)
+            self._log_zero_shards_once()
+            return logging_output
         start = self._hpu.mark_steps
         self._in_hpu_step = True
         try:
@@ -144,6 +159,7 @@ class HpuTrainer(Trainer):
                 logging_output = super().train_step(samples, raise_oom)
         finally:
             self._in_hpu_step = False
+        self._log_zero_shards_once()
         metrics.log_scalar("mark_steps", self._hpu.mark_steps - start, priority=1450, round=1)
         metrics.log_scalar("hpu_mem_gb", self._hpu.memory_allocated() / 2 ** 30, priority=1500, round=3,
                            weight=0)

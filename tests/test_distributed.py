@@ -1,0 +1,222 @@
+"""ZeRO-1 and multi-process training on emulated HPUs (hccl over gloo) and on CPU (gloo)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import (BIN, PACKAGE_DIR, REPO, TINY_MODEL, emulation_env, fairseq_train, log_records, run)
+
+# 4 layers of equal size: ZeRO shards whole parameters, so the tiny model needs several to balance.
+MODEL = [a for a in TINY_MODEL]
+MODEL[MODEL.index("--decoder-layers") + 1] = "4"
+MODEL[MODEL.index("--decoder-ffn-embed-dim") + 1] = "256"
+
+
+def _train(data, save_dir, world_size, *extra, devices=None, env_extra=None, max_update=6, timeout=400):
+    args = [data, "--user-dir", PACKAGE_DIR, "--hpu", *MODEL, "--distributed-world-size", str(world_size),
+            "--max-update", str(max_update), "--update-freq", "2", "--clip-norm", "0.5", "--save-dir", save_dir,
+            "--ddp-backend", "pytorch_ddp", *extra]
+    env = emulation_env(devices or world_size, "lazy", **(env_extra or {}))
+    return fairseq_train(args, env=env, timeout=timeout).output
+
+
+def _params(checkpoint):
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+
+
+def _zero_shares(output):
+    for line in output.splitlines():
+        if "ZeRO-1 optimizer state per rank:" in line:
+            shares = line.split("per rank: [")[1].split("]")[0]
+            return [int(x) for x in shares.split(",")]
+    raise AssertionError("no ZeRO-1 state line in the log")
+
+
+def test_zero1_matches_plain_data_parallel_and_shards_the_state(tiny_data, tmp_path):
+    plain = _train(tiny_data, tmp_path / "plain", 2)
+    sharded = _train(tiny_data, tmp_path / "zero", 2, "--zero-sharding", "os")
+    a, b = _params(tmp_path / "plain" / "checkpoint_last.pt"), _params(tmp_path / "zero" / "checkpoint_last.pt")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name], b[name], rtol=0, atol=1e-6), name
+    assert [r["loss"] for r in log_records(plain, "train_inner")] == \
+        [r["loss"] for r in log_records(sharded, "train_inner")]
+
+    shares = _zero_shares(sharded)
+    unsharded = sum(p.numel() for p in a.values() if p.dtype.is_floating_point) * 2  # Adam: exp_avg, exp_avg_sq
+    assert sum(shares) == unsharded
+    for share in shares:
+        assert abs(share - unsharded / 2) <= 0.10 * unsharded / 2, shares
+
+    # The checkpoint holds the consolidated optimizer state of every parameter.
+    state = torch.load(tmp_path / "zero" / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    optimizer = state["last_optimizer_state"]
+    assert len(optimizer["state"]) == sum(len(g["params"]) for g in optimizer["param_groups"])
+    assert sum(t.numel() for s in optimizer["state"].values() for t in s.values() if t.dim() > 0) == unsharded
+
+
+def test_zero1_on_four_ranks_holds_a_quarter_each(tiny_data, tmp_path):
+    out = _train(tiny_data, tmp_path / "zero4", 4, "--zero-sharding", "os", max_update=2)
+    shares = _zero_shares(out)
+    assert len(shares) == 4
+    for share in shares:
+        assert abs(share - sum(shares) / 4) <= 0.10 * sum(shares) / 4, shares
+
+
+def test_resume_same_world_size_is_identical_and_other_sizes_work(tiny_data, tmp_path):
+    straight = tmp_path / "straight"
+    _train(tiny_data, straight, 2, "--zero-sharding", "os", max_update=6)
+    halves = tmp_path / "halves"
+    _train(tiny_data, halves, 2, "--zero-sharding", "os", max_update=3)
+    resumed = _train(tiny_data, halves, 2, "--zero-sharding", "os", max_update=6)
+    assert "Loaded checkpoint" in resumed
+    a, b = _params(straight / "checkpoint_last.pt"), _params(halves / "checkpoint_last.pt")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+    # 2 ranks (sharded) -> 4 ranks (sharded), and -> 1 rank (unsharded), from the same checkpoint.
+    for world_size, extra in [(4, ["--zero-sharding", "os"]), (1, [])]:
+        target = tmp_path / f"to{world_size}"
+        out = _train(tiny_data, target, world_size, *extra, "--restore-file", halves / "checkpoint_last.pt",
+                     max_update=8, devices=max(world_size, 1))
+        records = log_records(out, "train_inner")
+        assert records and int(records[0]["num_updates"]) == 7, out[-2000:]
+        assert int(records[-1]["num_updates"]) == 8
+
+
+def test_seed_command_runs_on_two_emulated_hpus(tiny_data, tmp_path):
+    """Habana's recipe, tiny dimensions: ZeRO-1, activation checkpointing, update-freq 8, 2 HPUs."""
+    args = [tiny_data, "--user-dir", PACKAGE_DIR, "--distributed-world-size", "2", "--hpu", "--num-workers", "2",
+            "--task", "language_modeling", "--arch", "transformer_lm_gpt", "--share-decoder-input-output-embed",
+            "--dropout", "0.1", "--decoder-layers", "2", "--decoder-embed-dim", "32", "--decoder-ffn-embed-dim",
+            "64", "--decoder-attention-heads", "2",
+            "--optimizer", "adam", "--adam-betas", "(0.9, 0.95)", "--weight-decay", "0.1", "--clip-norm", "1.0",
+            "--lr", "0.0006", "--lr-scheduler", "cosine", "--warmup-updates", "1000", "--warmup-init-lr", "1e-07",
+            "--tokens-per-sample", "32", "--sample-break-mode", "none", "--zero-sharding", "os",
+            "--checkpoint-activations", "--batch-size", "2", "--update-freq", "8", "--max-update", "3",
+            "--save-dir", tmp_path / "ckpt", "--save-interval-updates", "2", "--keep-interval-updates", "10",
+            "--log-interval", "1", "--log-format", "json", "--tensorboard-logdir", tmp_path / "tb"]
+    out = fairseq_train(args, env=emulation_env(2, "lazy"), timeout=400).output
+    # per update: 8 micro-batches + 1 optimizer step + 8 x 2 checkpointed-layer recomputes
+    assert [float(r["mark_steps"]) for r in log_records(out, "train_inner")] == [25.0] * 3
+    assert (tmp_path / "ckpt" / "checkpoint_1_2.pt").exists() and (tmp_path / "ckpt" / "checkpoint_last.pt").exists()
+    events = list((tmp_path / "tb" / "train_inner").glob("events.out.tfevents.*"))
+    assert events and b"mark_steps" in events[0].read_bytes() and b"hpu_mem_gb" in events[0].read_bytes()
+
+
+def test_cpu_gloo_data_parallel_without_hpu(tiny_data, tmp_path):
+    args = [tiny_data, "--user-dir", PACKAGE_DIR, "--cpu", *MODEL, "--distributed-world-size", "2",
+            "--max-update", "3", "--save-dir", tmp_path / "ckpt", "--ddp-backend", "c10d", "--zero-sharding", "os"]
+    out = fairseq_train(args, env=emulation_env(0, None)).output
+    assert len(log_records(out, "train_inner")) == 3 and len(_zero_shares(out)) == 2
+
+
+def test_torchrun_launch(tiny_data, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+           str(_free_port()), BIN / "fairseq-train", tiny_data, "--user-dir", PACKAGE_DIR, "--hpu", *MODEL,
+           "--distributed-world-size", "2", "--max-update", "3", "--save-dir", tmp_path / "ckpt",
+           "--zero-sharding", "os"]
+    proc = run(cmd, env=emulation_env(2, "lazy"), timeout=400)
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert len(log_records(proc.output, "train_inner")) == 3 and _zero_shares(proc.output)
+
+
+def test_mpirun_style_launch(tiny_data, tmp_path):
+    """Open MPI's variables, one process per rank, as `mpirun -n 2 -x MASTER_ADDR -x MASTER_PORT` starts them."""
+    port = str(_free_port())
+    procs = []
+    for rank in range(2):
+        env = emulation_env(2, "lazy", OMPI_COMM_WORLD_SIZE=2, OMPI_COMM_WORLD_RANK=rank,
+                            OMPI_COMM_WORLD_LOCAL_RANK=rank, MASTER_ADDR="localhost", MASTER_PORT=port)
+        args = [BIN / "fairseq-train", tiny_data, "--user-dir", PACKAGE_DIR, "--hpu", *MODEL,
+                "--max-update", "3", "--save-dir", tmp_path / "ckpt", "--zero-sharding", "os"]
+        procs.append(subprocess.Popen([str(a) for a in args], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=400)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert _zero_shares(outputs[0]) and len(log_records(outputs[0], "train_inner")) == 3
+
+
+def test_hydra_entry_point_spawns_ranks(tiny_data, tmp_path):
+    cmd = [BIN / "gpt2-hpu-hydra-train", "--config-dir", REPO / "configs", "--config-name", "demo",
+           f"task.data={tiny_data}", "common.hpu=true", "common.log_format=json", "common.log_interval=1",
+           "distributed_training.distributed_world_size=2", "distributed_training.zero_sharding=os",
+           "optimization.max_update=3", "model.decoder_layers=2", "model.decoder_embed_dim=32",
+           "model.decoder_input_dim=32", "model.decoder_output_dim=32", "task.tokens_per_sample=32",
+           "dataset.batch_size=2", "dataset.disable_validation=true", f"checkpoint.save_dir={tmp_path / 'ckpt'}",
+           f"hydra.run.dir={tmp_path / 'hydra'}"]
+    proc = run(cmd, env=emulation_env(2, "lazy"), cwd=tmp_path, timeout=400)
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert [float(r["mark_steps"]) for r in log_records(proc.output, "train_inner")] == [2.0] * 3
+    assert _zero_shares(proc.output)
+
+
+def test_more_ranks_than_hpus_is_one_line(tiny_data, tmp_path):
+    proc = run([BIN / "fairseq-train", tiny_data, "--user-dir", PACKAGE_DIR, "--hpu", *MODEL,
+                "--distributed-world-size", "4", "--max-update", "1", "--save-dir", tmp_path],
+               env=emulation_env(2, "lazy"))
+    assert proc.returncode == 2 and "Traceback" not in proc.output
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "gpt2-hpu: error: --distributed-world-size 4 asks for 4 HPUs but this host has 2: lower it, "
+        "or launch across hosts with torchrun or mpirun")
+
+
+def test_killing_one_rank_ends_the_job_and_keeps_the_checkpoint(tiny_data, tmp_path):
+    save_dir = tmp_path / "ckpt"
+    args = [BIN / "fairseq-train", tiny_data, "--user-dir", PACKAGE_DIR, "--hpu", *MODEL,
+            "--distributed-world-size", "2", "--max-update", "100000", "--save-dir", save_dir,
+            "--save-interval-updates", "3", "--zero-sharding", "os"]
+    job = subprocess.Popen([str(a) for a in args], env=emulation_env(2, "lazy"), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not (save_dir / "checkpoint_last.pt").exists():
+            assert job.poll() is None and time.time() < deadline, "training ended before its first checkpoint"
+            time.sleep(0.5)
+        ranks = _spawned_children(job.pid)
+        assert len(ranks) == 2, ranks
+        os.kill(ranks[1], signal.SIGKILL)
+        killed_at = time.time()
+        code = job.wait(timeout=60)
+        assert code != 0 and time.time() - killed_at < 60
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    time.sleep(1)
+    for pid in ranks:
+        assert not os.path.exists(f"/proc/{pid}") or _is_zombie(pid), "a rank outlived the job"
+    state = torch.load(save_dir / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    assert state["optimizer_history"][-1]["num_updates"] >= 3 and state["model"]
+
+
+def _spawned_children(parent):
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and b"spawn_main" in cmdline:
+            children.append(int(entry))
+    return sorted(children)
+
+
+def _is_zombie(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]

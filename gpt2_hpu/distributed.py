@@ -56,10 +56,15 @@ def _activate(cfg):
 
 def _plan_launch(cfg):
     """Fills cfg.distributed_training for the launch found; returns "env", "spawn" or "single"."""
+    plan = _find_launch(cfg)
     dt = cfg.distributed_training
-    if dt.distributed_backend in (None, "nccl"):
+    if plan != "single" and dt.distributed_backend in (None, "nccl"):
         dt.distributed_backend = hpu_device.HpuDevice.distributed_backend if cfg.common.hpu else "gloo"
+    return plan
 
+
+def _find_launch(cfg):
+    dt = cfg.distributed_training
     if dt.distributed_init_method is None and all(k in os.environ for k in _MPI_VARS) \
             and not all(k in os.environ for k in ("WORLD_SIZE", "RANK")):
         os.environ["WORLD_SIZE"] = os.environ["OMPI_COMM_WORLD_SIZE"]

@@ -9,6 +9,13 @@ import pytest
 import torch
 
 from conftest import (BIN, PACKAGE_DIR, REPO, TINY_MODEL, emulation_env, fairseq_train, log_records, run)
+from test_hpu_training import BLOCK_PLUGIN
+
+STOCK_TRAIN = BLOCK_PLUGIN + """
+from fairseq_cli.train import cli_main
+sys.argv[0] = "fairseq-train"
+cli_main()
+"""
 
 # 4 layers of equal size: ZeRO shards whole parameters, so the tiny model needs several to balance.
 MODEL = [a for a in TINY_MODEL if a != "--no-last-checkpoints"]
@@ -61,6 +68,13 @@ def test_zero1_matches_plain_data_parallel_and_shards_the_state(tiny_data, tmp_p
                 assert optimizer["state"][key][name] == value, (key, name)
     unsharded = sum(t.numel() for s in unsharded_state["state"].values() for t in s.values()
                     if torch.is_tensor(t) and t.dim() > 0)
+
+    # Stock Fairseq (plugin unimportable) resumes from it on one process: model and optimizer state load.
+    proc = run([sys.executable, "-c", STOCK_TRAIN, tiny_data, *MODEL, "--max-update", "8", "--save-dir",
+                tmp_path / "stock", "--restore-file", tmp_path / "zero" / "checkpoint_last.pt", "--cpu"],
+               env=emulation_env(0, None))
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert [int(r["num_updates"]) for r in log_records(proc.output, "train_inner")] == [7, 8]
 
     # Each of the 2 ranks held about half of it.
     shares = _zero_shares(sharded)

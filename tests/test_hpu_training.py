@@ -3,7 +3,8 @@ import sys
 
 from conftest import PACKAGE_DIR, TINY_MODEL, emulation_env, fairseq_train, log_records, run
 
-STOCK_VALIDATE = """
+# Stock Fairseq in a process where the plugin cannot be imported, whatever a checkpoint's user_dir says.
+BLOCK_PLUGIN = """
 import sys
 
 class NoPlugin:
@@ -12,6 +13,9 @@ class NoPlugin:
             raise ImportError("gpt2_hpu is blocked in this process")
 
 sys.meta_path.insert(0, NoPlugin())
+"""
+
+STOCK_VALIDATE = BLOCK_PLUGIN + """
 from fairseq_cli.validate import cli_main
 sys.argv[0] = "fairseq-validate"
 cli_main()

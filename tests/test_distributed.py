@@ -246,3 +246,20 @@ def _free_port():
     with socket.socket() as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]
+
+
+def test_zero1_under_fairseqs_fp16_wrapper(tiny_data, tmp_path):
+    """--fp16 --fp16-no-flatten-grads keeps one fp32 master per parameter, so ZeRO-1 can shard it (CPU, gloo)."""
+    def train(save_dir, *extra):
+        args = [tiny_data, "--user-dir", PACKAGE_DIR, "--cpu", *MODEL, "--distributed-world-size", "2",
+                "--max-update", "4", "--update-freq", "2", "--clip-norm", "0.5", "--fp16",
+                "--fp16-no-flatten-grads", "--save-dir", save_dir, *extra]
+        return fairseq_train(args, env=emulation_env(0, None)).output
+
+    plain, sharded = train(tmp_path / "plain"), train(tmp_path / "zero", "--zero-sharding", "os")
+    assert len(_zero_shares(sharded)) == 2
+    assert [r["loss"] for r in log_records(plain, "train_inner")] == \
+        [r["loss"] for r in log_records(sharded, "train_inner")]
+    a, b = _params(tmp_path / "plain" / "checkpoint_last.pt"), _params(tmp_path / "zero" / "checkpoint_last.pt")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name

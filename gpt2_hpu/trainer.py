@@ -139,7 +139,9 @@ class HpuTrainer(Trainer):
         params = [p for p in self.optimizer.params if p.grad is not None]
         if clip_norm > 0:
             # Habana's fused kernel: norm and clip on the device, no host round trip per step.
-            return self._hpu.fused_clip_norm(params, clip_norm).clip_norm(params).reshape(())
+            if getattr(self, "_fused_clip", None) is None or self._fused_clip[0] != clip_norm:
+                self._fused_clip = (clip_norm, self._hpu.fused_clip_norm(params, clip_norm))
+            return self._fused_clip[1].clip_norm(params).reshape(())
         if not params:
             return torch.tensor(0.0)
         norms = torch.stack([torch.linalg.vector_norm(p.grad.detach(), 2.0, dtype=torch.float32) for p in params])

@@ -208,6 +208,7 @@ def test_killing_one_rank_ends_the_job_and_keeps_the_checkpoint(tiny_data, tmp_p
         os.kill(ranks[1], signal.SIGKILL)
         killed_at = time.time()
         code = job.wait(timeout=60)
+        print(f"rank 1 killed: the job exited with {code} after {time.time() - killed_at:.1f} s")
         assert code != 0 and time.time() - killed_at < 60
     finally:
         if job.poll() is None:

@@ -19,17 +19,19 @@ REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def pick_device():
-    """Gaudi (or its emulation) first, then CUDA, then the CPU."""
+    """Gaudi (or its emulation) first, then CUDA, then the CPU; returns (device, description)."""
     try:
         from gpt2_hpu.device import HabanaUnavailable, HpuDevice
 
-        if HpuDevice().is_available():
-            return "hpu"
+        hpu = HpuDevice()
+        if hpu.is_available():
+            return "hpu", f"hpu ({'emulated ' if hpu.emulated else ''}{hpu.name()}, {'lazy' if hpu.lazy else 'eager'} mode)"
     except (HabanaUnavailable, ImportError):
         pass
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return device, device
 
 
 def prepare(data_dir):
@@ -119,8 +121,8 @@ def main(argv=None):
         print("gpt2-hpu-demo: note: gpt2-hpu-hydra-train is not on PATH; using the module directly", flush=True)
 
     started = time.time()
-    device = pick_device() if args.device == "auto" else args.device
-    print(f"== device: {device}", flush=True)
+    device, description = pick_device() if args.device == "auto" else (args.device, args.device)
+    print(f"== device: {description}", flush=True)
     print("== prepare: Python's reference-manual text -> GPT-2 BPE", flush=True)
     prepare(data_dir)
     print("== train: configs/demo.yaml", flush=True)
@@ -132,7 +134,7 @@ def main(argv=None):
     text = sample(checkpoint, data_dir, args.prompt)
 
     print("\n== summary")
-    print(f"device              {device}")
+    print(f"device              {description}")
     print(f"training time       {train_seconds:.0f} s (all steps {time.time() - started:.0f} s)")
     if train_losses:
         print(f"train loss (bits)   {train_losses[0]:.2f} -> {train_losses[-1]:.2f}  ({len(train_losses)} log lines)")

@@ -9,7 +9,6 @@ Everything lands under --workdir (default runs/demo); a second run reuses the pr
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -117,8 +116,6 @@ def main(argv=None):
     if not (Path(args.config_dir) / "demo.yaml").is_file():
         raise SystemExit(f"gpt2-hpu-demo: error: no demo.yaml in {args.config_dir}: run from the repository "
                          "root or pass --config-dir")
-    if shutil.which("gpt2-hpu-hydra-train") is None and not (Path(sys.executable).parent / "gpt2-hpu-hydra-train").exists():
-        print("gpt2-hpu-demo: note: gpt2-hpu-hydra-train is not on PATH; using the module directly", flush=True)
 
     started = time.time()
     device, description = pick_device() if args.device == "auto" else (args.device, args.device)

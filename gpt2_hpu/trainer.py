@@ -40,6 +40,8 @@ class HpuTrainer(Trainer):
                         f"{'lazy' if self._hpu.lazy else 'eager'} mode)")
         hpu_device.set_training_device(self._hpu)
         self._in_hpu_step = False
+        self._zero_logged = False
+        self._fused_clip = None  # (max_norm, FusedClipNorm), built on first use
         super().__init__(cfg, task, model, criterion, quantizer)
 
     # Fairseq's __init__ assigns cuda/device for CUDA, TPU or CPU; on HPU these two answers win, so the base
@@ -122,8 +124,8 @@ class HpuTrainer(Trainer):
 
     def _log_zero_shards_once(self):
         """After the first update (Adam's state exists by then): how much optimizer state each rank holds."""
-        sharded = getattr(self._optimizer, "optimizer", None) if self._optimizer is not None else None
-        if not isinstance(sharded, zero.FairseqZeroOptimizer) or getattr(self, "_zero_logged", False):
+        sharded = getattr(self._optimizer, "optimizer", None)
+        if self._zero_logged or not isinstance(sharded, zero.FairseqZeroOptimizer):
             return
         self._zero_logged = True
         per_rank = [None] * self.data_parallel_world_size
@@ -139,7 +141,7 @@ class HpuTrainer(Trainer):
         params = [p for p in self.optimizer.params if p.grad is not None]
         if clip_norm > 0:
             # Habana's fused kernel: norm and clip on the device, no host round trip per step.
-            if getattr(self, "_fused_clip", None) is None or self._fused_clip[0] != clip_norm:
+            if self._fused_clip is None or self._fused_clip[0] != clip_norm:
                 self._fused_clip = (clip_norm, self._hpu.fused_clip_norm(params, clip_norm))
             return self._fused_clip[1].clip_norm(params).reshape(())
         if not params:

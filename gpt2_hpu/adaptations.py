@@ -9,7 +9,10 @@ Each entry is one small function; when Fairseq grows the hook it stands in for, 
    call time, so rebinding it (also in `__main__` for `python -m fairseq_cli.train`) selects HpuTrainer.
 3. recompute_mark_step: activation checkpointing re-runs the forward inside backward; in lazy mode that
    graph must be cut first or memory is not saved, and Fairseq's CheckpointFunction has no hook for it.
-4. distributed_launch: Fairseq's spawn and torchrun paths count CUDA devices (0 on Gaudi or CPU) and default
+4. hpu_rng_state: Fairseq's get_rng_state/set_rng_state, with which the activation-checkpoint recompute replays
+   dropout, know the CPU, CUDA and XLA generators only; on HPU dropout draws from the HPU generator, so without
+   its state the recompute draws other masks and the gradients are silently wrong.
+5. distributed_launch: Fairseq's spawn and torchrun paths count CUDA devices (0 on Gaudi or CPU) and default
    to nccl; we wrap call_main to launch on HPU (hccl) and CPU (gloo).
 """
 import functools
@@ -70,6 +73,31 @@ def recompute_mark_step():
     CheckpointFunction.backward = staticmethod(backward)
 
 
+def hpu_rng_state():
+    import fairseq.utils
+
+    from gpt2_hpu import device
+
+    stock_get, stock_set = fairseq.utils.get_rng_state, fairseq.utils.set_rng_state
+
+    @functools.wraps(stock_get)
+    def get_rng_state():
+        state = stock_get()
+        hpu = device.training_device()
+        if hpu is not None:
+            state["hpu_rng_state"] = hpu.get_rng_state()
+        return state
+
+    @functools.wraps(stock_set)
+    def set_rng_state(state):
+        stock_set(state)
+        hpu = device.training_device()
+        if hpu is not None and "hpu_rng_state" in state:
+            hpu.set_rng_state(state["hpu_rng_state"])
+
+    fairseq.utils.get_rng_state, fairseq.utils.set_rng_state = get_rng_state, set_rng_state
+
+
 def distributed_launch():
     import fairseq.distributed.utils as distributed_utils
 
@@ -88,5 +116,6 @@ ADAPTATIONS = [
     ("hpu_options", hpu_options),
     ("hpu_trainer", hpu_trainer),
     ("recompute_mark_step", recompute_mark_step),
+    ("hpu_rng_state", hpu_rng_state),
     ("distributed_launch", distributed_launch),
 ]

@@ -23,8 +23,12 @@ def pick_device():
         from gpt2_hpu.device import HabanaUnavailable, HpuDevice
 
         hpu = HpuDevice()
+        # Only questions that do not acquire a card: on a 1-card host, a parent holding it would starve the
+        # training child (asking the device name acquires it).
         if hpu.is_available():
-            return "hpu", f"hpu ({'emulated ' if hpu.emulated else ''}{hpu.name()}, {'lazy' if hpu.lazy else 'eager'} mode)"
+            cards = hpu.device_count()
+            return "hpu", (f"hpu ({cards} {'emulated ' if hpu.emulated else ''}card{'s' if cards > 1 else ''}, "
+                           f"{'lazy' if hpu.lazy else 'eager'} mode)")
     except (HabanaUnavailable, ImportError):
         pass
     import torch

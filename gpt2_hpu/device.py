@@ -42,8 +42,9 @@ class HpuDevice:
                 f"--hpu-mode {mode} asked for, but Habana's bridge was already loaded in "
                 f"{'lazy' if self.lazy else 'eager'} mode: set {LAZY_MODE_ENV}={'1' if mode == 'lazy' else '0'} "
                 "before starting Python instead")
-        # The one place where emulation matters: emulated cards keep their tensors on the CPU.
-        self.torch_device = torch.device("cpu") if self.emulated else torch.device("hpu")
+        # The one place where emulation matters: emulated HPU tensors report a device type of their own
+        # (gpt2_hpu/emulation/device.py says why it is not "hpu").
+        self.torch_device = emulation.DEVICE if self.emulated else torch.device("hpu")
         self.mark_steps = 0  # mark_step calls made through this object (lazy mode only)
 
     # --- availability -------------------------------------------------------------------------------
@@ -65,6 +66,13 @@ class HpuDevice:
 
     def synchronize(self):
         self._hthpu.synchronize()
+
+    def get_rng_state(self):
+        """The HPU generator's state (dropout on the HPU draws from it, not from the CPU generator)."""
+        return self._hthpu.get_rng_state()
+
+    def set_rng_state(self, state):
+        self._hthpu.set_rng_state(state)
 
     def autocast(self, dtype=torch.bfloat16):
         return torch.autocast(device_type=self.torch_device.type, dtype=dtype)
@@ -140,6 +148,11 @@ def activate(mode=None):
 def set_training_device(device):
     global _training_device
     _training_device = device
+
+
+def training_device():
+    """The HPU device of the Trainer in use, or None when training is not on HPU."""
+    return _training_device
 
 
 def mark_step_if_training():

@@ -13,7 +13,7 @@ import socket
 import torch
 
 from gpt2_hpu import device as hpu_device
-from gpt2_hpu.config import hpu_mode_arg
+from gpt2_hpu.config import hpu_mode_arg, unsupported_hpu_setting
 from gpt2_hpu.errors import UsageError, exit_with
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,9 @@ def call_main(cfg, main, fairseq_call_main, **kwargs):
     if uses_fairseq_launch(cfg):
         return fairseq_call_main(cfg, main, **kwargs)
     try:
+        problem = unsupported_hpu_setting(cfg.common)
+        if problem:
+            raise UsageError(problem)
         plan = _plan_launch(cfg)
         if plan == "single" and cfg.common.hpu:
             _activate(cfg)
@@ -73,6 +76,7 @@ def _find_launch(cfg):
         if not all(k in os.environ for k in ("MASTER_ADDR", "MASTER_PORT")):
             raise UsageError("mpirun launch needs MASTER_ADDR and MASTER_PORT (the address and a free port of "
                              "rank 0's host): export them, e.g. with mpirun -x MASTER_ADDR=host0 -x MASTER_PORT=29500")
+        _check_master_reachable_across_hosts()
 
     if dt.distributed_init_method is None and all(k in os.environ for k in _TORCHRUN_VARS):
         world_size = int(os.environ["WORLD_SIZE"])
@@ -96,6 +100,19 @@ def _find_launch(cfg):
     if dt.distributed_init_method is None:
         dt.distributed_init_method = f"tcp://localhost:{free_port()}"
     return "spawn" if not dt.distributed_no_spawn else "env"
+
+
+def _check_master_reachable_across_hosts():
+    """Habana's bridge sets MASTER_ADDR=localhost when it loads (at `import torch` from 1.18 in eager mode), so
+    its presence proves nothing: across hosts, each host would rendezvous with itself."""
+    world = int(os.environ["OMPI_COMM_WORLD_SIZE"])
+    local = os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE")
+    if local is None or world <= int(local):
+        return
+    if os.environ["MASTER_ADDR"].strip().lower() in ("localhost", "127.0.0.1", "::1"):
+        raise UsageError(f"mpirun across hosts ({world} ranks, {local} on this host) needs MASTER_ADDR set to "
+                         f"rank 0's host name, not {os.environ['MASTER_ADDR']}: export it, e.g. "
+                         "mpirun -x MASTER_ADDR=host0 -x MASTER_PORT=29500")
 
 
 def free_port():

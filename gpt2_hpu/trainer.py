@@ -128,9 +128,13 @@ class HpuTrainer(Trainer):
         if self._zero_logged or not isinstance(sharded, zero.FairseqZeroOptimizer):
             return
         self._zero_logged = True
-        per_rank = [None] * self.data_parallel_world_size
-        torch.distributed.all_gather_object(per_rank, sharded.local_state_numel(),
-                                            group=self.data_parallel_process_group)
+        # An int32 tensor collective, not all_gather_object: object collectives send int64 lengths, which
+        # hccl's int64 support has not always covered.
+        numel = sharded.local_state_numel()
+        mine = torch.tensor([numel >> 30, numel & (2 ** 30 - 1)], dtype=torch.int32, device=self.device)
+        gathered = [torch.empty_like(mine) for _ in range(self.data_parallel_world_size)]
+        torch.distributed.all_gather(gathered, mine, group=self.data_parallel_process_group)
+        per_rank = [(hi << 30) + lo for hi, lo in torch.stack(gathered).cpu().tolist()]
         total = sum(per_rank)
         logger.info(f"ZeRO-1 optimizer state per rank: {per_rank} elements of {total} "
                     f"(largest/ideal {max(per_rank) * len(per_rank) / max(total, 1):.3f})")
@@ -150,6 +154,13 @@ class HpuTrainer(Trainer):
         return torch.linalg.vector_norm(norms, 2.0)
 
     # --- steps ------------------------------------------------------------------------------------------
+    def _prepare_sample(self, sample, is_dummy=False):
+        sample, is_dummy = super()._prepare_sample(sample, is_dummy)
+        if self._hpu is not None and sample:
+            # Fairseq moves a batch only when self.cuda (or a TPU dummy batch): on HPU it would stay on the host.
+            sample = utils.move_to_cuda(sample, device=self.device)
+        return sample, is_dummy
+
     def train_step(self, samples, raise_oom=False):
         if self._hpu is None or self._in_hpu_step:  # the second case: Fairseq's AMP retry re-enters
             logging_output = super().train_step(samples, raise_oom)

@@ -27,7 +27,8 @@ def test_device_object_answers_the_device_questions():
         from gpt2_hpu.device import HpuDevice
         d = HpuDevice()
         assert d.emulated and d.is_available() and d.device_count() == 2 and d.lazy
-        assert d.torch_device == torch.device("cpu") and d.ddp_device_ids() is None
+        assert d.torch_device.type != "cpu" and d.ddp_device_ids() is None
+        assert torch.zeros(2, device=d.torch_device).device == d.torch_device
         assert d.distributed_backend == "hccl" and d.name() == "GAUDI2"
         d.mark_step(); d.mark_step(); d.synchronize()
         import habana_frameworks.torch.core.step_closure as sc
@@ -125,9 +126,24 @@ def test_hccl_initialisation_and_backend():
         assert "hccl" in dist.Backend.backend_list
         store = dist.FileStore(tempfile.mktemp(), 1)
         dist.init_process_group("hccl", store=store, rank=0, world_size=1)
-        t = torch.ones(3)
+        from gpt2_hpu.emulation import DEVICE
+        t = torch.ones(3, device=DEVICE)
         dist.all_reduce(t)
-        assert dist.get_backend() == "hccl" and t.tolist() == [1.0, 1.0, 1.0]
+        assert dist.get_backend() == "hccl" and t.cpu().tolist() == [1.0, 1.0, 1.0]
+        gathered = [None]
+        dist.all_gather_object(gathered, {"rank": 0})  # object collectives stage their bytes on the HPU
+        assert gathered == [{"rank": 0}]
+        for host_call in (lambda: dist.all_reduce(torch.ones(3)), lambda: dist.broadcast(torch.ones(3), 0)):
+            try:
+                host_call()
+                raise SystemExit("hccl accepted a host tensor")
+            except RuntimeError as e:
+                assert "expected HPU tensors, got a tensor on cpu" in str(e)
+        try:
+            dist.all_reduce(t, op=dist.ReduceOp.AVG)
+            raise SystemExit("AVG accepted")
+        except RuntimeError as e:
+            assert "AVG" in str(e)
     """)
 
 
@@ -163,13 +179,14 @@ def test_fused_clip_norm_shapes_and_strict_clipping():
     _python("""
         import torch
         from habana_frameworks.torch.hpex.normalization import FusedClipNorm
-        a = torch.nn.Parameter(torch.zeros(3)); b = torch.nn.Parameter(torch.zeros(4))
+        from gpt2_hpu.emulation import DEVICE
+        a = torch.nn.Parameter(torch.zeros(3, device=DEVICE)); b = torch.nn.Parameter(torch.zeros(4, device=DEVICE))
         clip = FusedClipNorm([a, b], max_norm=1.0)
         none = clip.clip_norm([a, b])
-        assert none.dim() == 0 and none.item() == 0.0  # no grads: a CPU 0-d zero
-        a.grad = torch.full((3,), 3.0); b.grad = torch.full((4,), 2.0)
+        assert none.dim() == 0 and none.item() == 0.0 and none.device.type == "cpu"  # no grads: a CPU 0-d zero
+        a.grad = torch.full((3,), 3.0, device=DEVICE); b.grad = torch.full((4,), 2.0, device=DEVICE)
         total = clip.clip_norm([a, b])
-        assert total.shape == (1,) and abs(total.item() - (27 + 16) ** 0.5) < 1e-5
+        assert total.shape == (1,) and total.device == DEVICE and abs(total.item() - (27 + 16) ** 0.5) < 1e-5
         after = torch.cat([a.grad, b.grad]).norm().item()
         assert abs(after - 1.0) < 1e-4
         small = clip.clip_norm([a, b])  # now <= max_norm: left alone
@@ -207,3 +224,82 @@ def test_without_habana_the_device_says_how_to_emulate():
         except HabanaUnavailable as e:
             assert "GPT2_HPU_EMULATE" in str(e)
     """, devices=0, mode=None)
+
+
+def test_emulated_hpu_is_a_device_of_its_own():
+    _python("""
+        import torch
+        import torch.nn.functional as F
+        from gpt2_hpu.device import HpuDevice
+        d = HpuDevice()
+        dev = d.torch_device
+        host = torch.arange(6.0).reshape(2, 3)
+        x = host.to(dev)
+        assert x.device == dev and x.device != host.device
+        for made in (torch.zeros(2, device=dev), torch.arange(3, device=dev), torch.randn(2, device=dev),
+                     torch.tensor([1.0], device=dev), x.new_zeros(2), torch.ones_like(x), x[0], x.t(), x * 2):
+            assert made.device == dev, made
+        assert torch.equal(x.cpu(), host) and (x * 2).cpu().tolist() == [[0, 2, 4], [6, 8, 10]]
+        assert (x + torch.tensor(1.0)).device == dev  # a 0-dim host tensor is a scalar, as on every accelerator
+        for mixed in (lambda: x + host, lambda: F.embedding(torch.tensor([[0, 1]]), x),
+                      lambda: torch.nn.Linear(3, 2).to(dev)(host)):
+            try:
+                mixed()
+                raise SystemExit("a host tensor was accepted in an HPU op")
+            except RuntimeError as e:
+                assert "found at least two devices, hpu:0 and cpu!" in str(e), e
+        y = x.clone(); y.copy_(host); host.copy_(x)  # copies cross devices, both ways
+        model = torch.nn.Linear(3, 2).to(dev)
+        model(x).sum().backward()
+        assert model.weight.grad.device == dev
+        try:
+            x.numpy()
+            raise SystemExit("numpy() of an HPU tensor")
+        except (TypeError, RuntimeError):
+            pass
+    """)
+
+
+def test_random_ops_on_the_hpu_draw_from_the_hpu_generator():
+    _python("""
+        import torch
+        import torch.nn.functional as F
+        from gpt2_hpu.device import HpuDevice
+        d = HpuDevice()
+        x = torch.ones(1000, device=d.torch_device)
+        torch.manual_seed(7)  # seeds both generators, as the bridge's wrapper does
+        cpu_state, hpu_state = torch.get_rng_state(), d.get_rng_state()
+        first = F.dropout(x, 0.5, training=True).cpu()
+        assert torch.equal(torch.get_rng_state(), cpu_state)  # the CPU generator was not used
+        assert not torch.equal(d.get_rng_state(), hpu_state)
+        d.set_rng_state(hpu_state)
+        torch.manual_seed(99)  # moving the CPU generator does not change what the HPU draws next
+        d.set_rng_state(hpu_state)
+        assert torch.equal(F.dropout(x, 0.5, training=True).cpu(), first)
+        assert torch.randn(3, device=d.torch_device).device == d.torch_device
+    """)
+
+
+def test_save_and_load_go_through_the_host():
+    _python("""
+        import io, torch
+        from gpt2_hpu.device import HpuDevice
+        d = HpuDevice()
+        buffer = io.BytesIO()
+        torch.save({"w": torch.ones(2, device=d.torch_device)}, buffer)
+        buffer.seek(0)
+        assert torch.load(io.BytesIO(buffer.getvalue()), map_location="cpu")["w"].device.type == "cpu"
+        back = torch.load(io.BytesIO(buffer.getvalue()), map_location=d.torch_device)["w"]
+        assert back.device == d.torch_device and back.cpu().tolist() == [1.0, 1.0]
+    """)
+
+
+@pytest.mark.parametrize("release,lazy", [("1.19", True), ("1.20", True), ("1.21", False), (None, False)])
+def test_the_lazy_default_follows_the_emulated_release(release, lazy):
+    env = {"GPT2_HPU_EMULATE_RELEASE": release} if release else {}
+    _python(f"""
+        import os
+        assert "PT_HPU_LAZY_MODE" not in os.environ
+        from gpt2_hpu.device import HpuDevice
+        assert HpuDevice().lazy is {lazy}
+    """, mode=None, **env)

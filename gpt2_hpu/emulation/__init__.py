@@ -4,12 +4,16 @@
 `import habana_frameworks.torch.core` statements resolve to these modules and the whole `--hpu` path
 runs on CPU with N emulated cards. The stand-ins follow the documented API (import paths, signatures,
 defaults, return types, lazy vs eager behaviour of SynapseAI 1.19+) so code written against them is
-correct on a real Gaudi. Tensors stay on the CPU.
+correct on a real Gaudi. Emulated HPU tensors are a device of their own (see emulation/device.py).
 """
 import os
 import sys
 
+import torch
+
 ENV_VAR = "GPT2_HPU_EMULATE"
+# The device emulated HPU tensors report (emulation/device.py explains the choice).
+DEVICE = torch.device("lazy", 0)
 SITE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "site")
 
 

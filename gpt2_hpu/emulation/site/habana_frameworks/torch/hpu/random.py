@@ -7,6 +7,11 @@ __all__ = ["get_rng_state", "get_rng_state_all", "set_rng_state", "set_rng_state
 _generator = torch.Generator(device="cpu")
 
 
+def generator():
+    """The emulated card's generator (emulation-internal: random ops on emulated HPU tensors draw from it)."""
+    return _generator
+
+
 def _index(device):
     if device is None:
         return 0

@@ -1,12 +1,19 @@
 """Emulated `habana_frameworks.torch.distributed.hccl`: an "hccl" process-group backend carried by gloo.
 
 As in the bridge, importing this module calls `initialize_distributed_hpu()` (which fills the launcher
-environment) and registers the backend, so `init_process_group("hccl")` works afterwards.
+environment) and registers the backend, so `init_process_group("hccl")` works afterwards. Like hccl, the
+emulated backend moves HPU memory only: a collective given a host tensor is refused; object collectives
+(`all_gather_object`, ...) stage their bytes on the HPU, as the bridge arranges.
 """
 import datetime
 import os
 
+import torch
 import torch.distributed as dist
+from torch.distributed import distributed_c10d
+
+from gpt2_hpu.emulation import DEVICE
+from gpt2_hpu.emulation.device import HpuTensor
 
 __all__ = ["initialize_distributed_hpu"]
 
@@ -50,13 +57,108 @@ def initialize_distributed_hpu(world_size=None, rank=None, local_rank=None):
     return world_size, rank, local_rank
 
 
+def _host_view(collective, tensors):
+    """The host tensors behind HPU tensors, for gloo to move; a host tensor is refused as hccl refuses it."""
+    if isinstance(tensors, torch.Tensor):
+        return _host_view(collective, [tensors])[0]
+    views = []
+    for t in tensors:
+        if isinstance(t, (list, tuple)):
+            views.append(_host_view(collective, t))
+        elif isinstance(t, HpuTensor):
+            views.append(t.host_data)
+        else:
+            raise RuntimeError(f"hccl {collective}: expected HPU tensors, got a tensor on {t.device} (emulated "
+                               "hccl, as Habana's, moves HPU memory only: move the tensor to the HPU first)")
+    return views
+
+
+class _HcclProcessGroup(dist.ProcessGroup):
+    """hccl's collectives on HPU tensors, carried out by gloo on their host storage."""
+
+    def __init__(self, store, rank, world_size, timeout):
+        super().__init__(rank, world_size)
+        self._gloo = dist.ProcessGroupGloo(store, rank, world_size, timeout)
+
+    def getBackendName(self):
+        return "hccl"
+
+    def allreduce(self, tensors, opts=None):
+        if opts is not None and opts.reduceOp == dist.ReduceOp.AVG:
+            raise RuntimeError("hccl does not support ReduceOp.AVG: all-reduce with SUM and divide")
+        return self._gloo.allreduce(_host_view("allreduce", tensors), opts or dist.AllreduceOptions())
+
+    def broadcast(self, tensors, opts=None):
+        return self._gloo.broadcast(_host_view("broadcast", tensors), opts or dist.BroadcastOptions())
+
+    def allgather(self, output_tensors, input_tensors, opts=None):
+        return self._gloo.allgather(_host_view("allgather", output_tensors), _host_view("allgather", input_tensors),
+                                    opts or dist.AllgatherOptions())
+
+    def _allgather_base(self, output, input, opts=None):
+        return self._gloo._allgather_base(_host_view("allgather", output), _host_view("allgather", input),
+                                          opts or dist.AllgatherOptions())
+
+    def reduce_scatter(self, output_tensors, input_tensors, opts=None):
+        return self._gloo.reduce_scatter(_host_view("reduce_scatter", output_tensors),
+                                         _host_view("reduce_scatter", input_tensors),
+                                         opts or dist.ReduceScatterOptions())
+
+    def _reduce_scatter_base(self, output, input, opts=None):
+        return self._gloo._reduce_scatter_base(_host_view("reduce_scatter", output),
+                                               _host_view("reduce_scatter", input),
+                                               opts or dist.ReduceScatterOptions())
+
+    def reduce(self, tensors, opts=None):
+        return self._gloo.reduce(_host_view("reduce", tensors), opts or dist.ReduceOptions())
+
+    def gather(self, output_tensors, input_tensors, opts=None):
+        return self._gloo.gather(_host_view("gather", output_tensors), _host_view("gather", input_tensors),
+                                 opts or dist.GatherOptions())
+
+    def scatter(self, output_tensors, input_tensors, opts=None):
+        return self._gloo.scatter(_host_view("scatter", output_tensors), _host_view("scatter", input_tensors),
+                                  opts or dist.ScatterOptions())
+
+    def send(self, tensors, dst, tag=0):
+        return self._gloo.send(_host_view("send", tensors), dst, tag)
+
+    def recv(self, tensors, src, tag=0):
+        return self._gloo.recv(_host_view("recv", tensors), src, tag)
+
+    def barrier(self, opts=None):
+        return self._gloo.barrier(opts or dist.BarrierOptions())
+
+
 def _create_process_group_hccl(store, rank, world_size, timeout):
     if not isinstance(timeout, datetime.timedelta):
         timeout = datetime.timedelta(seconds=float(timeout))
-    return dist.ProcessGroupGloo(store, rank, world_size, timeout)
+    return _HcclProcessGroup(store, rank, world_size, timeout)
+
+
+def _is_hccl(group):
+    group = group or distributed_c10d._get_default_group()
+    return isinstance(group, _HcclProcessGroup)
+
+
+def _route_object_collectives_to_hpu():
+    """The bridge makes object collectives on hccl groups stage their bytes on the HPU."""
+    for name, as_device in (("_get_object_coll_device", False), ("_get_pg_default_device", True)):
+        original = getattr(distributed_c10d, name, None)
+        if original is None or getattr(original, "_emulated_hccl", False):
+            continue
+
+        def routed(group=None, _original=original, _as_device=as_device):
+            if _is_hccl(group):
+                return DEVICE if _as_device else DEVICE.type
+            return _original(group)
+
+        routed._emulated_hccl = True
+        setattr(distributed_c10d, name, routed)
 
 
 if "hccl" not in dist.Backend.backend_list:
-    dist.Backend.register_backend("hccl", _create_process_group_hccl, devices=["cpu"])
+    dist.Backend.register_backend("hccl", _create_process_group_hccl, devices=[DEVICE.type])
+_route_object_collectives_to_hpu()
 
 initialize_distributed_hpu()

@@ -11,7 +11,8 @@ class FusedClipNorm:
         params = list(parameters)
         self.dtype = params[0].dtype if params else torch.float32
         self.norm_type = 2.0
-        self.max_norm_t = torch.tensor([float(max_norm)], dtype=self.dtype)
+        device = params[0].device if params else None
+        self.max_norm_t = torch.tensor([float(max_norm)], dtype=self.dtype, device=device)
 
     def clip_norm(self, parameters):
         if isinstance(parameters, torch.Tensor):

@@ -128,13 +128,11 @@ class HpuTrainer(Trainer):
         if self._zero_logged or not isinstance(sharded, zero.FairseqZeroOptimizer):
             return
         self._zero_logged = True
-        # An int32 tensor collective, not all_gather_object: object collectives send int64 lengths, which
-        # hccl's int64 support has not always covered.
-        numel = sharded.local_state_numel()
-        mine = torch.tensor([numel >> 30, numel & (2 ** 30 - 1)], dtype=torch.int32, device=self.device)
+        # An int32 tensor collective, not all_gather_object, whose int64 lengths hccl has not always supported.
+        mine = torch.tensor(zero.to_int32_pair(sharded.local_state_numel()), dtype=torch.int32, device=self.device)
         gathered = [torch.empty_like(mine) for _ in range(self.data_parallel_world_size)]
         torch.distributed.all_gather(gathered, mine, group=self.data_parallel_process_group)
-        per_rank = [(hi << 30) + lo for hi, lo in torch.stack(gathered).cpu().tolist()]
+        per_rank = [zero.from_int32_pair(pair) for pair in torch.stack(gathered).cpu().tolist()]
         total = sum(per_rank)
         logger.info(f"ZeRO-1 optimizer state per rank: {per_rank} elements of {total} "
                     f"(largest/ideal {max(per_rank) * len(per_rank) / max(total, 1):.3f})")

@@ -23,7 +23,6 @@ What it does not: speed, memory limits, graph compilation, dtype support (int64 
 CPU), numerical differences of Gaudi kernels.
 """
 import torch
-from torch.utils._pytree import tree_flatten, tree_map
 
 from gpt2_hpu.emulation import DEVICE
 _HOST = torch.device("cpu")
@@ -87,30 +86,43 @@ def placement_error(func_name, host):
         "move it to the HPU first)")
 
 
-def _check_placement(func, flat):
-    if func in _CROSS_DEVICE:
-        return
-    for t in flat:
-        if isinstance(t, torch.Tensor) and not isinstance(t, HpuTensor) and t.dim() > 0:
-            raise placement_error(str(func.overloadpacket.__name__), t)
+def _tensors(values):
+    """The tensors among op arguments (aten ops nest them at most one list deep: cat, index, ...)."""
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            yield v
+        elif isinstance(v, (list, tuple)):
+            for w in v:
+                if isinstance(w, torch.Tensor):
+                    yield w
 
 
-def _unwrap(x):
-    return x.host_data if isinstance(x, HpuTensor) else x
+def _unwrap(v):
+    if isinstance(v, HpuTensor):
+        return v.host_data
+    if isinstance(v, (list, tuple)) and any(isinstance(w, HpuTensor) for w in v):
+        return type(v)(w.host_data if isinstance(w, HpuTensor) else w for w in v)
+    return v
 
 
 def _run(func, args, kwargs):
-    flat, _ = tree_flatten((args, kwargs))
-    _check_placement(func, flat)
+    tensors = list(_tensors(args))
+    tensors.extend(_tensors(kwargs.values()))
+    if func not in _CROSS_DEVICE:
+        for t in tensors:
+            if not isinstance(t, HpuTensor) and t.dim() > 0:
+                raise placement_error(str(func.overloadpacket.__name__), t)
     target = kwargs.get("device")
     if target is not None:
         target = torch.device(target)
         on_hpu = target.type == DEVICE.type
-        kwargs = dict(kwargs, device=_HOST) if on_hpu else kwargs
+        if on_hpu:
+            kwargs = dict(kwargs, device=_HOST)
     else:
-        on_hpu = any(isinstance(t, HpuTensor) for t in flat)
+        on_hpu = any(isinstance(t, HpuTensor) for t in tensors)
 
-    host_args, host_kwargs = tree_map(_unwrap, args), tree_map(_unwrap, kwargs)
+    host_args = [_unwrap(a) for a in args]
+    host_kwargs = {k: _unwrap(v) for k, v in kwargs.items()}
     if on_hpu and torch.Tag.nondeterministic_seeded in func.tags and host_kwargs.get("generator") is None:
         out = _with_hpu_generator(func, host_args, host_kwargs)
     else:
@@ -119,7 +131,7 @@ def _run(func, args, kwargs):
         return out
 
     # In-place and out= ops return their input: hand back the same HpuTensor, not a new wrapper.
-    inputs = {id(t.host_data): t for t in flat if isinstance(t, HpuTensor)}
+    inputs = {id(t.host_data): t for t in tensors if isinstance(t, HpuTensor)}
 
     def wrap(x):
         if isinstance(x, torch.Tensor) and not isinstance(x, HpuTensor):
@@ -127,7 +139,9 @@ def _run(func, args, kwargs):
             return same if same is not None else HpuTensor(x)
         return x
 
-    return tree_map(wrap, out)
+    if isinstance(out, (list, tuple)):
+        return type(out)(wrap(x) for x in out)
+    return wrap(out)
 
 
 def _with_hpu_generator(func, args, kwargs):

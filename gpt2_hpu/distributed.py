@@ -6,6 +6,7 @@ Launches, in order of precedence:
 - one host, `--distributed-world-size N`: N processes spawned here, one per HPU, on a free local port.
 CUDA runs (and TPU) go through Fairseq unchanged.
 """
+import ipaddress
 import logging
 import os
 import socket
@@ -68,11 +69,12 @@ def _plan_launch(cfg):
 
 def _find_launch(cfg):
     dt = cfg.distributed_training
-    if dt.distributed_init_method is None and all(k in os.environ for k in _MPI_VARS) \
-            and not all(k in os.environ for k in ("WORLD_SIZE", "RANK")):
-        os.environ["WORLD_SIZE"] = os.environ["OMPI_COMM_WORLD_SIZE"]
-        os.environ["RANK"] = os.environ["OMPI_COMM_WORLD_RANK"]
-        os.environ["LOCAL_RANK"] = os.environ["OMPI_COMM_WORLD_LOCAL_RANK"]
+    # Under mpirun, Habana's bridge may already have copied these variables when it loaded: check either way.
+    if dt.distributed_init_method is None and all(k in os.environ for k in _MPI_VARS):
+        if not all(k in os.environ for k in ("WORLD_SIZE", "RANK")):
+            os.environ["WORLD_SIZE"] = os.environ["OMPI_COMM_WORLD_SIZE"]
+            os.environ["RANK"] = os.environ["OMPI_COMM_WORLD_RANK"]
+            os.environ["LOCAL_RANK"] = os.environ["OMPI_COMM_WORLD_LOCAL_RANK"]
         if not all(k in os.environ for k in ("MASTER_ADDR", "MASTER_PORT")):
             raise UsageError("mpirun launch needs MASTER_ADDR and MASTER_PORT (the address and a free port of "
                              "rank 0's host): export them, e.g. with mpirun -x MASTER_ADDR=host0 -x MASTER_PORT=29500")
@@ -109,10 +111,20 @@ def _check_master_reachable_across_hosts():
     local = os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE")
     if local is None or world <= int(local):
         return
-    if os.environ["MASTER_ADDR"].strip().lower() in ("localhost", "127.0.0.1", "::1"):
+    if _is_loopback(os.environ["MASTER_ADDR"]):
         raise UsageError(f"mpirun across hosts ({world} ranks, {local} on this host) needs MASTER_ADDR set to "
                          f"rank 0's host name, not {os.environ['MASTER_ADDR']}: export it, e.g. "
                          "mpirun -x MASTER_ADDR=host0 -x MASTER_PORT=29500")
+
+
+def _is_loopback(address):
+    address = address.strip().strip("[]")
+    if address.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def free_port():

@@ -139,11 +139,15 @@ def test_hccl_initialisation_and_backend():
                 raise SystemExit("hccl accepted a host tensor")
             except RuntimeError as e:
                 assert "expected HPU tensors, got a tensor on cpu" in str(e)
-        try:
-            dist.all_reduce(t, op=dist.ReduceOp.AVG)
-            raise SystemExit("AVG accepted")
-        except RuntimeError as e:
-            assert "AVG" in str(e)
+        for op_call in (lambda: dist.all_reduce(t, op=dist.ReduceOp.AVG), lambda: dist.reduce(t, 0, op=dist.ReduceOp.AVG)):
+            try:
+                op_call()
+                raise SystemExit("AVG accepted")
+            except RuntimeError as e:
+                assert "Unsupported ReduceOp for HCCL process group: AVG" in str(e), e
+        big = torch.tensor([2 ** 25 + 1], dtype=torch.int64, device=DEVICE)
+        dist.all_reduce(big)  # hccl reduces integers through float32
+        assert big.cpu().tolist() == [2 ** 25]
     """)
 
 

@@ -1,4 +1,7 @@
 """Launch settings a Gaudi job would trip over later are refused up front, in one line (in-process, fast)."""
+import os
+import sys
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -21,13 +24,17 @@ MPI_ACROSS_HOSTS = {"OMPI_COMM_WORLD_SIZE": "16", "OMPI_COMM_WORLD_RANK": "9", "
 
 @pytest.fixture
 def launch_env(monkeypatch):
+    """The launch code writes os.environ itself (WORLD_SIZE, RANK, ...): put the whole of it back afterwards."""
+    saved = dict(os.environ)
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "OMPI_COMM_WORLD_SIZE",
                  "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"):
-        monkeypatch.delenv(name, raising=False)
-    return monkeypatch
+        os.environ.pop(name, None)
+    yield monkeypatch
+    os.environ.clear()
+    os.environ.update(saved)
 
 
-@pytest.mark.parametrize("address", ["localhost", "127.0.0.1"])
+@pytest.mark.parametrize("address", ["localhost", "127.0.0.1", "127.0.1.1", "::1"])
 def test_mpirun_across_hosts_refuses_a_local_master_address(launch_env, address):
     from gpt2_hpu import adaptations
     from gpt2_hpu.distributed import _find_launch
@@ -40,6 +47,35 @@ def test_mpirun_across_hosts_refuses_a_local_master_address(launch_env, address)
         _find_launch(_cfg())
     assert str(e.value).startswith("mpirun across hosts (16 ranks, 8 on this host) needs MASTER_ADDR set to rank "
                                    f"0's host name, not {address}")
+
+
+BRIDGE_FIRST = """
+from omegaconf import OmegaConf
+from gpt2_hpu import emulation
+from gpt2_hpu.distributed import _find_launch
+from gpt2_hpu.errors import UsageError
+emulation.install()
+from habana_frameworks.torch.distributed.hccl import initialize_distributed_hpu  # runs it, as the bridge does
+import os
+assert os.environ["MASTER_ADDR"] == "localhost" and os.environ["WORLD_SIZE"] == "16", dict(os.environ)
+try:
+    _find_launch(OmegaConf.create(CFG))
+    raise SystemExit("no error")
+except UsageError as e:
+    print(e)
+"""
+
+
+def test_the_check_holds_after_habanas_bridge_copied_the_mpi_variables():
+    """From 1.18 the bridge can load at `import torch` and run initialize_distributed_hpu() before the plugin:
+    it copies OMPI_COMM_WORLD_* into WORLD_SIZE/RANK and sets MASTER_ADDR=localhost."""
+    env = emulation_env(8, "eager", **{k: v for k, v in MPI_ACROSS_HOSTS.items() if k != "MASTER_PORT"})
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    code = f"CFG = {OmegaConf.to_container(_cfg())!r}\n" + BRIDGE_FIRST
+    proc = run([sys.executable, "-c", code], env=env)
+    assert proc.returncode == 0, proc.output[-2000:]
+    assert "needs MASTER_ADDR set to rank 0's host name, not localhost" in proc.stdout, proc.output[-2000:]
 
 
 def test_mpirun_across_hosts_with_a_real_master_address_plans_an_env_launch(launch_env):

@@ -172,6 +172,25 @@ def _copy_from(src, dst, non_blocking=False):
     return dst
 
 
+def _narrow_parameter_subclass_checks():
+    """torch before 2.5 counts a tensor subclass flagged as a parameter as an instance of every Parameter
+    subclass, UninitializedParameter included, which DistributedDataParallel then refuses; later torch
+    counts it as a Parameter only. Give emulated HPU parameters the later behaviour."""
+    probe = HpuTensor(torch.zeros(1))
+    probe._is_param = True
+    if not isinstance(probe, torch.nn.parameter.UninitializedParameter):
+        return
+    meta = type(torch.nn.Parameter)
+    flagged_check = meta.__instancecheck__
+
+    def __instancecheck__(cls, instance):
+        if cls is not torch.nn.Parameter and isinstance(instance, HpuTensor):
+            return type.__instancecheck__(cls, instance)
+        return flagged_check(cls, instance)
+
+    meta.__instancecheck__ = __instancecheck__
+
+
 _library = None
 
 
@@ -184,3 +203,4 @@ def register():
     _library.impl("empty.memory_format", _empty, "Lazy")
     _library.impl("empty_strided", _empty_strided, "Lazy")
     _library.impl("_copy_from", _copy_from, "Lazy")
+    _narrow_parameter_subclass_checks()

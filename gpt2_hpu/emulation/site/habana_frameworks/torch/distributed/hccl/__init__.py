@@ -10,6 +10,7 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch._C import _distributed_c10d as c10d
 from torch.distributed import distributed_c10d
 
 from gpt2_hpu.emulation import DEVICE
@@ -20,8 +21,8 @@ __all__ = ["initialize_distributed_hpu"]
 
 def _setup_environment_from_mpi():
     if all(k in os.environ for k in ("LOCAL_RANK", "WORLD_SIZE", "RANK")):
-        pass
-    elif all(k in os.environ for k in ("OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK")):
+        return  # as in the bridge: a launcher already set everything, so no MASTER_* defaults either
+    if all(k in os.environ for k in ("OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK")):
         os.environ["LOCAL_RANK"] = os.environ["OMPI_COMM_WORLD_LOCAL_RANK"]
         os.environ["WORLD_SIZE"] = os.environ["OMPI_COMM_WORLD_SIZE"]
         os.environ["RANK"] = os.environ["OMPI_COMM_WORLD_RANK"]
@@ -73,6 +74,29 @@ def _host_view(collective, tensors):
     return views
 
 
+_HCCL_REDUCE_OPS = (dist.ReduceOp.SUM, dist.ReduceOp.MIN, dist.ReduceOp.MAX, dist.ReduceOp.PRODUCT)
+
+
+def _check_reduce_op(op):
+    op = getattr(op, "op", op)  # a ReduceOp object wraps its RedOpType
+    if op not in _HCCL_REDUCE_OPS:
+        name = str(op).split(".")[-1]
+        raise RuntimeError(f"Unsupported ReduceOp for HCCL process group: {name} (hccl has SUM, MIN, MAX and "
+                           "PRODUCT: for an average, reduce with SUM and divide)")
+
+
+def _in_float32(collective, tensors, opts):
+    """hccl reduces every dtype but float32 and bfloat16 through float32 (integer sums past 2**24 round)."""
+    if all(t.dtype in (torch.float32, torch.bfloat16) for t in tensors):
+        return collective(tensors, opts)
+    staged = [t.float() for t in tensors]
+    work = collective(staged, opts)
+    work.wait()
+    for t, s in zip(tensors, staged):
+        t.copy_(s.round() if not t.dtype.is_floating_point else s)
+    return work
+
+
 class _HcclProcessGroup(dist.ProcessGroup):
     """hccl's collectives on HPU tensors, carried out by gloo on their host storage."""
 
@@ -84,41 +108,45 @@ class _HcclProcessGroup(dist.ProcessGroup):
         return "hccl"
 
     def allreduce(self, tensors, opts=None):
-        if opts is not None and opts.reduceOp == dist.ReduceOp.AVG:
-            raise RuntimeError("hccl does not support ReduceOp.AVG: all-reduce with SUM and divide")
-        return self._gloo.allreduce(_host_view("allreduce", tensors), opts or dist.AllreduceOptions())
+        opts = opts or c10d.AllreduceOptions()
+        _check_reduce_op(opts.reduceOp)
+        return _in_float32(self._gloo.allreduce, _host_view("allreduce", tensors), opts)
 
     def broadcast(self, tensors, opts=None):
-        return self._gloo.broadcast(_host_view("broadcast", tensors), opts or dist.BroadcastOptions())
+        return self._gloo.broadcast(_host_view("broadcast", tensors), opts or c10d.BroadcastOptions())
 
     def allgather(self, output_tensors, input_tensors, opts=None):
         return self._gloo.allgather(_host_view("allgather", output_tensors), _host_view("allgather", input_tensors),
-                                    opts or dist.AllgatherOptions())
+                                    opts or c10d.AllgatherOptions())
 
     def _allgather_base(self, output, input, opts=None):
         return self._gloo._allgather_base(_host_view("allgather", output), _host_view("allgather", input),
-                                          opts or dist.AllgatherOptions())
+                                          opts or c10d.AllgatherOptions())
 
     def reduce_scatter(self, output_tensors, input_tensors, opts=None):
+        _check_reduce_op((opts or c10d.ReduceScatterOptions()).reduceOp)
         return self._gloo.reduce_scatter(_host_view("reduce_scatter", output_tensors),
                                          _host_view("reduce_scatter", input_tensors),
-                                         opts or dist.ReduceScatterOptions())
+                                         opts or c10d.ReduceScatterOptions())
 
     def _reduce_scatter_base(self, output, input, opts=None):
+        _check_reduce_op((opts or c10d.ReduceScatterOptions()).reduceOp)
         return self._gloo._reduce_scatter_base(_host_view("reduce_scatter", output),
                                                _host_view("reduce_scatter", input),
-                                               opts or dist.ReduceScatterOptions())
+                                               opts or c10d.ReduceScatterOptions())
 
     def reduce(self, tensors, opts=None):
-        return self._gloo.reduce(_host_view("reduce", tensors), opts or dist.ReduceOptions())
+        opts = opts or c10d.ReduceOptions()
+        _check_reduce_op(opts.reduceOp)
+        return _in_float32(self._gloo.reduce, _host_view("reduce", tensors), opts)
 
     def gather(self, output_tensors, input_tensors, opts=None):
         return self._gloo.gather(_host_view("gather", output_tensors), _host_view("gather", input_tensors),
-                                 opts or dist.GatherOptions())
+                                 opts or c10d.GatherOptions())
 
     def scatter(self, output_tensors, input_tensors, opts=None):
         return self._gloo.scatter(_host_view("scatter", output_tensors), _host_view("scatter", input_tensors),
-                                  opts or dist.ScatterOptions())
+                                  opts or c10d.ScatterOptions())
 
     def send(self, tensors, dst, tag=0):
         return self._gloo.send(_host_view("send", tensors), dst, tag)
@@ -127,7 +155,7 @@ class _HcclProcessGroup(dist.ProcessGroup):
         return self._gloo.recv(_host_view("recv", tensors), src, tag)
 
     def barrier(self, opts=None):
-        return self._gloo.barrier(opts or dist.BarrierOptions())
+        return self._gloo.barrier(opts or c10d.BarrierOptions())
 
 
 def _create_process_group_hccl(store, rank, world_size, timeout):

@@ -1,6 +1,7 @@
 """Emulated `habana_frameworks.torch.hpex.normalization.FusedClipNorm` (L2 norm only)."""
 import torch
 
+from gpt2_hpu.emulation import DEVICE
 from habana_frameworks.torch.core.step_closure import mark_step
 
 __all__ = ["FusedClipNorm"]
@@ -11,8 +12,7 @@ class FusedClipNorm:
         params = list(parameters)
         self.dtype = params[0].dtype if params else torch.float32
         self.norm_type = 2.0
-        device = params[0].device if params else None
-        self.max_norm_t = torch.tensor([float(max_norm)], dtype=self.dtype, device=device)
+        self.max_norm_t = torch.tensor([float(max_norm)], dtype=self.dtype, device=DEVICE)  # the bridge: on the HPU
 
     def clip_norm(self, parameters):
         if isinstance(parameters, torch.Tensor):

@@ -55,7 +55,17 @@ class HpuDevice:
         return int(self._hthpu.device_count()) if self.is_available() else 0
 
     def name(self):
+        """The card's name, e.g. "GAUDI2". On a Gaudi this acquires the card for this process."""
         return self._hthpu.get_device_name()
+
+    def bridge_version(self):
+        """Habana's bridge release: its pip distribution's version, else the loaded package's __version__."""
+        from importlib import metadata
+
+        try:
+            return metadata.version("habana-torch-plugin")
+        except metadata.PackageNotFoundError:
+            return getattr(sys.modules.get("habana_frameworks.torch"), "__version__", None)
 
     # --- execution ----------------------------------------------------------------------------------
     def mark_step(self):

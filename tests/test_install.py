@@ -21,7 +21,9 @@ except ImportError:  # Python < 3.11: tomli is the same parser (the test extra i
 from conftest import REPO
 
 HABANA_TORCH = "2.5.1a0+git6fd6dd3"
-STOCK_TORCH = "9.0.0"  # the torch that the hazard torchaudio pins: newer than any real release
+# The hazard: a torchaudio newer than PyPI's (2.11.0) pinning a torch that no index has (a local label, under
+# any cap a pip configuration may put on torch).
+HAZARD_AUDIO, STOCK_TORCH = "2.11.0.post99", "2.5.1+stock"
 
 
 def _wheel(folder, name, version, requires=()):
@@ -73,7 +75,7 @@ def _hazard_env(tmp_path):
     """pip sees, besides its usual sources, a torchaudio that would pull a stock torch."""
     wheels = tmp_path / "hazard"
     _wheel(wheels, "torch", STOCK_TORCH)
-    _wheel(wheels, "torchaudio", STOCK_TORCH, requires=[f"torch=={STOCK_TORCH}"])
+    _wheel(wheels, "torchaudio", HAZARD_AUDIO, requires=[f"torch=={STOCK_TORCH}"])
     env = dict(os.environ)
     env["PIP_FIND_LINKS"] = " ".join(filter(None, [env.get("PIP_FIND_LINKS"), str(wheels)]))
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
@@ -131,7 +133,7 @@ def test_documented_pip_command_keeps_a_habana_torch(tmp_path):
         # torchaudio 2.11 and later declare no torch requirement: the install goes through, torch untouched.
         assert pinned.returncode == 0, pinned.stdout[-3000:] + pinned.stderr[-3000:]
         assert _installed(python, "fairseq-fixed") == "0.12.3.1" and _installed(python, "gpt2-hpu") == "0.1.0"
-        assert _installed(python, "torchaudio") != STOCK_TORCH
+        assert _installed(python, "torchaudio") != HAZARD_AUDIO
     else:
         # Python 3.8: every torchaudio there pins a stock torch, so pip refuses rather than replace it;
         # scripts/setup.sh (below) installs stock Fairseq without torchaudio instead.

@@ -14,6 +14,8 @@ Each entry is one small function; when Fairseq grows the hook it stands in for, 
    its state the recompute draws other masks and the gradients are silently wrong.
 5. distributed_launch: Fairseq's spawn and torchrun paths count CUDA devices (0 on Gaudi or CPU) and default
    to nccl; we wrap call_main to launch on HPU (hccl) and CPU (gloo).
+5. config_checks: Fairseq accepts settings it crashes on much later (cosine with max_update <= warmup_updates,
+   a data folder without dict.txt); we check the config in call_main, before anything is built (checks.py).
 """
 import functools
 import sys
@@ -112,10 +114,30 @@ def distributed_launch():
     distributed_utils.call_main = call_main
 
 
+def config_checks():
+    import fairseq.distributed.utils as distributed_utils
+
+    from gpt2_hpu import checks
+    from gpt2_hpu.errors import UsageError, exit_with
+
+    launch = distributed_utils.call_main
+
+    @functools.wraps(launch)
+    def call_main(cfg, main, **kwargs):
+        try:
+            checks.check(cfg)
+        except UsageError as e:
+            exit_with(str(e))
+        return launch(cfg, main, **kwargs)
+
+    distributed_utils.call_main = call_main
+
+
 ADAPTATIONS = [
     ("hpu_options", hpu_options),
     ("hpu_trainer", hpu_trainer),
     ("recompute_mark_step", recompute_mark_step),
     ("hpu_rng_state", hpu_rng_state),
     ("distributed_launch", distributed_launch),
+    ("config_checks", config_checks),
 ]

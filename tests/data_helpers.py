@@ -91,9 +91,23 @@ def run_prepare(*args, env=None):
     )
 
 
+def bpe_encoder_script():
+    """Fairseq's GPT-2 BPE encoder, examples/roberta/multiprocessing_bpe_encoder.py: inside the package in a wheel
+    install (setup.py links examples/ into it only when building a wheel), beside it in a source install."""
+    import importlib.util
+
+    package = os.path.dirname(importlib.util.find_spec("fairseq").origin)
+    places = [os.path.join(package, "examples"), os.path.join(os.path.dirname(package), "examples")]
+    for examples in places:
+        script = os.path.join(examples, "roberta", "multiprocessing_bpe_encoder.py")
+        if os.path.isfile(script):
+            return script
+    raise AssertionError(f"Fairseq's examples/roberta/multiprocessing_bpe_encoder.py is in none of {places}")
+
+
 def stock_encode(encoder_json, vocab_bpe, src, dst, workers=2):
     r = run([
-        sys.executable, "-m", "fairseq.examples.roberta.multiprocessing_bpe_encoder",
+        sys.executable, bpe_encoder_script(),
         "--encoder-json", str(encoder_json), "--vocab-bpe", str(vocab_bpe),
         "--inputs", str(src), "--outputs", str(dst), "--keep-empty", "--workers", str(workers),
     ])

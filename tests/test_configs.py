@@ -26,13 +26,24 @@ def _from_command_line():
     return convert_namespace_to_omegaconf(args)
 
 
+def compose_config(config_dir, name, overrides):
+    """Hydra's compose API: `hydra.compose` from 1.1 (`version_base` from 1.2), `hydra.experimental` in 1.0."""
+    import inspect
+
+    try:
+        from hydra import compose, initialize_config_dir
+    except ImportError:  # hydra-core 1.0 (stock Fairseq 0.12.2)
+        from hydra.experimental import compose, initialize_config_dir
+    kwargs = {"version_base": None} if "version_base" in inspect.signature(initialize_config_dir).parameters else {}
+    with initialize_config_dir(config_dir=str(config_dir), **kwargs):
+        return compose(name, overrides=overrides)
+
+
 def _from_yaml(name):
     from fairseq.dataclass.initialize import add_defaults, hydra_init
-    from hydra import compose, initialize_config_dir
 
     hydra_init(name)
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        cfg = compose(name, overrides=["task.data=/data/owt"])
+    cfg = compose_config(REPO / "configs", name, ["task.data=/data/owt"])
     add_defaults(cfg)
     return cfg
 

@@ -543,7 +543,10 @@ def _run(args):
             states[stream.name] = encode_stream(args, stream, encoder, workdir, pool)
     finally:
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if sys.version_info >= (3, 9):
+                pool.shutdown(wait=True, cancel_futures=True)
+            else:  # no cancel_futures: the queued batches (at most 2 x workers) finish first
+                pool.shutdown(wait=True)
     encode_seconds = time.monotonic() - start
     manifest = finalize(args, destdir, workdir, split_names, job, encoder, states, encode_seconds)
     for name in split_names if job["mode"] == "raw" else ():

@@ -21,7 +21,10 @@ class FusedSDPA:
             assert not requires_backward, "return_attn_probs is supported in inference only"
         if str(softmax_mode).lower() == "fast" and requires_backward and recompute_mode:
             assert is_causal, "fast softmax in recompute training requires is_causal=True"
-        enable_gqa = q.dim() == 4 and q.size(1) != k.size(1) and k.size(1) != 1
+        if q.dim() == 4 and q.size(1) != k.size(1) and k.size(1) != 1:
+            # grouped-query attention: what torch's enable_gqa does (torch >= 2.5 only), spelled out
+            k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
+            v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
         if attn_mask is not None and is_causal:
             # Allowed on Gaudi (inference); torch rejects the combination, so fold causality into the mask.
             causal = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).tril()
@@ -31,4 +34,4 @@ class FusedSDPA:
                 attn_mask = attn_mask.masked_fill(~causal, float("-inf"))
             is_causal = False
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
-                                              is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+                                              is_causal=is_causal, scale=scale)

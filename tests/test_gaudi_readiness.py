@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from conftest import PACKAGE_DIR, TINY_MODEL, emulation_env, fairseq_train, log_records, run
+from conftest import BIN, PACKAGE_DIR, TINY_MODEL, emulation_env, fairseq_train, log_records, run
 
 # fairseq-train with one piece of the plugin switched off before training starts.
 LAUNCH_WITHOUT = """
@@ -92,3 +92,21 @@ def test_hccl_refuses_a_host_tensor():
     assert "hpu tensor reduced: [1.0, 1.0, 1.0]" in proc.output, proc.output[-3000:]
     assert proc.returncode != 0
     assert "hccl allreduce: expected HPU tensors, got a tensor on cpu" in proc.output, proc.output[-3000:]
+
+
+PARENT_ASKS_THE_NAME = """
+import subprocess, sys
+from gpt2_hpu.device import HpuDevice
+print("parent sees", HpuDevice().name())  # acquires the card, as the bridge's get_device_name() does
+sys.exit(subprocess.run(sys.argv[1:]).returncode)
+"""
+
+
+def test_a_parent_holding_the_card_starves_its_training_child(tiny_data, tmp_path):
+    """What gpt2-hpu-demo did before it stopped asking the card's name: on a 1-card host the child trains
+    nowhere. (tests/test_demo.py runs the demo itself on one emulated card.)"""
+    child = [BIN / "fairseq-train", *_args(tiny_data, tmp_path, "--max-update", "3", "--no-save")]
+    proc = run([sys.executable, "-c", PARENT_ASKS_THE_NAME, *child], env=emulation_env(1, "lazy"))
+    assert "parent sees GAUDI2" in proc.output
+    assert proc.returncode != 0
+    assert "synStatus=26 [Device already acquired] Device acquire failed" in proc.output, proc.output[-2000:]

@@ -158,11 +158,19 @@ def _with_hpu_generator(func, args, kwargs):
         torch.random.default_generator.set_state(cpu_state)
 
 
+def _acquire_card():
+    from habana_frameworks.torch import hpu
+
+    hpu.init()  # the first tensor on the device acquires a card, as on a Gaudi
+
+
 def _empty(size, dtype=None, layout=None, device=None, pin_memory=None, memory_format=None):
+    _acquire_card()
     return HpuTensor(torch.empty(size, dtype=dtype, layout=layout, memory_format=memory_format))
 
 
 def _empty_strided(size, stride, dtype=None, layout=None, device=None, pin_memory=None):
+    _acquire_card()
     return HpuTensor(torch.empty_strided(size, stride, dtype=dtype, layout=layout))
 
 

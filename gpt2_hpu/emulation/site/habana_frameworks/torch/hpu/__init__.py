@@ -1,9 +1,14 @@
 """Emulated `habana_frameworks.torch.hpu` (also `torch.hpu` once core is imported).
 
 One emulated card per process, like a real Gaudi process: `current_device()` is 0, and the number of
-cards on the "host" is GPT2_HPU_EMULATE.
+cards on the "host" is GPT2_HPU_EMULATE. As on a Gaudi, the first use of the device (init, the device name,
+the current device, memory statistics, a tensor on the device) acquires a card for the rest of the process's
+life, and a card another process holds cannot be acquired. The emulated host's cards are lock files in the
+folder GPT2_HPU_EMULATE_POOL, which the first process to load the bridge creates and its children inherit.
 """
+import fcntl
 import os
+import tempfile
 import warnings
 
 import torch
@@ -13,6 +18,36 @@ from .memory import *  # noqa: F401,F403
 from .random import *  # noqa: F401,F403
 
 _initialized = False
+POOL_ENV = "GPT2_HPU_EMULATE_POOL"
+_held_card = None  # (index, open lock file) while this process holds a card
+
+
+def _card_pool():
+    pool = os.environ.get(POOL_ENV)
+    if not pool:
+        pool = os.environ[POOL_ENV] = tempfile.mkdtemp(prefix="gpt2-hpu-emulated-cards-")
+    return pool
+
+
+def _acquire():
+    global _held_card
+    if _held_card is not None:
+        return
+    pool = _card_pool()
+    module = os.environ.get("HLS_MODULE_ID")
+    candidates = [int(module)] if module else list(range(device_count()))
+    for index in candidates:
+        lock = open(os.path.join(pool, f"card{index}.lock"), "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            continue
+        _held_card = (index, lock)
+        return
+    which = f"card {module} (HLS_MODULE_ID)" if module else f"all {device_count()} cards"
+    raise RuntimeError(f"synStatus=26 [Device already acquired] Device acquire failed: {which} held by other "
+                       "processes (emulated)")
 
 
 def _emulated_count():
@@ -34,6 +69,7 @@ def is_available():
 
 def init():
     global _initialized
+    _acquire()
     _initialized = True
 
 
@@ -76,6 +112,7 @@ def get_device_name(device=None):
         return ""
     if _get_device_index(device) >= max(1, device_count()):
         raise AssertionError("Invalid device id")
+    init()  # the bridge's _lazy_init: asking the name acquires the card
     return "GAUDI2"
 
 
@@ -89,3 +126,6 @@ def synchronize():
 
 def is_bf16_supported():
     return is_available()
+
+
+_card_pool()  # now, so that processes started from here share this emulated host's cards

@@ -14,8 +14,9 @@ Each entry is one small function; when Fairseq grows the hook it stands in for, 
    its state the recompute draws other masks and the gradients are silently wrong.
 5. distributed_launch: Fairseq's spawn and torchrun paths count CUDA devices (0 on Gaudi or CPU) and default
    to nccl; we wrap call_main to launch on HPU (hccl) and CPU (gloo).
-5. config_checks: Fairseq accepts settings it crashes on much later (cosine with max_update <= warmup_updates,
-   a data folder without dict.txt); we check the config in call_main, before anything is built (checks.py).
+6. config_checks: Fairseq accepts settings it crashes on much later (cosine with max_update == warmup_updates,
+   a data folder without dict.txt) or sends elsewhere (--bf16 to TPU code on an --hpu run); we check the
+   config in call_main, before anything is built (checks.py).
 """
 import functools
 import sys

@@ -64,7 +64,25 @@ def language_modeling_data(cfg):
             f"wrote, with dict.txt and the .bin/.idx splits")
 
 
-CHECKS = [cosine_schedule, language_modeling_data]
+# Precision flags that Fairseq routes to other devices' code: --bf16 implies --tpu (torch_xla), --amp is
+# torch.cuda.amp.
+_FOREIGN_PRECISION = (("bf16", "--bf16", "its TPU code"), ("memory_efficient_bf16", "--memory-efficient-bf16",
+                                                           "its TPU code"), ("amp", "--amp", "torch.cuda.amp"))
+
+
+def hpu_precision(cfg):
+    """An --hpu run with a precision flag Fairseq would send to another device's code."""
+    common = _get(cfg, "common")
+    if common is None or not _get(common, "hpu", False):
+        return None
+    for field_name, flag, where in _FOREIGN_PRECISION:
+        if _get(common, field_name, False):
+            return (f"--hpu with {flag} is not supported yet: Fairseq sends {flag} to {where}, not to the HPU; "
+                    f"drop {flag} to train in fp32 on the HPU")
+    return None
+
+
+CHECKS = [hpu_precision, cosine_schedule, language_modeling_data]
 
 
 def check(cfg):

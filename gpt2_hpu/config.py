@@ -25,19 +25,3 @@ def hpu_mode_arg(common_cfg):
     mode = str(getattr(common_cfg, "hpu_mode", "auto") or "auto")
     return None if mode == "auto" else mode
 
-
-# Precision flags that Fairseq routes to other devices' code: --bf16 implies --tpu (torch_xla), --amp is
-# torch.cuda.amp.
-_FOREIGN_PRECISION = (("bf16", "--bf16", "its TPU code"), ("memory_efficient_bf16", "--memory-efficient-bf16",
-                                                           "its TPU code"), ("amp", "--amp", "torch.cuda.amp"))
-
-
-def unsupported_hpu_setting(common_cfg):
-    """The one line for an --hpu run with a setting Fairseq would send elsewhere, or None."""
-    if not getattr(common_cfg, "hpu", False):
-        return None
-    for field_name, flag, where in _FOREIGN_PRECISION:
-        if getattr(common_cfg, field_name, False):
-            return (f"--hpu with {flag} is not supported yet: Fairseq sends {flag} to {where}, not to the HPU; "
-                    f"drop {flag} to train in fp32 on the HPU")
-    return None

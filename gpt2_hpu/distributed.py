@@ -14,7 +14,7 @@ import socket
 import torch
 
 from gpt2_hpu import device as hpu_device
-from gpt2_hpu.config import hpu_mode_arg, unsupported_hpu_setting
+from gpt2_hpu.config import hpu_mode_arg
 from gpt2_hpu.errors import UsageError, exit_with
 
 logger = logging.getLogger(__name__)
@@ -35,9 +35,6 @@ def call_main(cfg, main, fairseq_call_main, **kwargs):
     if uses_fairseq_launch(cfg):
         return fairseq_call_main(cfg, main, **kwargs)
     try:
-        problem = unsupported_hpu_setting(cfg.common)
-        if problem:
-            raise UsageError(problem)
         plan = _plan_launch(cfg)
         if plan == "single" and cfg.common.hpu:
             _activate(cfg)

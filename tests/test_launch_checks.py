@@ -100,12 +100,12 @@ def test_mpirun_on_one_host_may_use_localhost(launch_env):
 @pytest.mark.parametrize("field,flag", [("bf16", "--bf16"), ("memory_efficient_bf16", "--memory-efficient-bf16"),
                                         ("amp", "--amp")])
 def test_foreign_precision_flags_with_hpu_get_one_line(field, flag):
-    from gpt2_hpu.config import unsupported_hpu_setting
+    from gpt2_hpu.checks import hpu_precision
 
-    message = unsupported_hpu_setting(_cfg(**{field: True}).common)
+    message = hpu_precision(_cfg(**{field: True}))
     assert message.startswith(f"--hpu with {flag} is not supported yet") and f"drop {flag}" in message
-    assert unsupported_hpu_setting(_cfg(hpu=False, **{field: True}).common) is None
-    assert unsupported_hpu_setting(_cfg().common) is None
+    assert hpu_precision(_cfg(hpu=False, **{field: True})) is None
+    assert hpu_precision(_cfg()) is None
 
 
 def test_hpu_with_bf16_on_the_command_line_exits_with_that_line(tiny_data, tmp_path):

@@ -75,11 +75,7 @@ class HpuTensor(torch.Tensor):
         return _run(func, args, kwargs or {})
 
 
-def is_hpu_tensor(t):
-    return isinstance(t, HpuTensor)
-
-
-def placement_error(func_name, host):
+def _placement_error(func_name, host):
     return RuntimeError(
         "Expected all tensors to be on the same device, but found at least two devices, hpu:0 and "
         f"{host.device}! (emulated HPU: {func_name} was given a host tensor of shape {tuple(host.shape)}; "
@@ -111,7 +107,7 @@ def _run(func, args, kwargs):
     if func not in _CROSS_DEVICE:
         for t in tensors:
             if not isinstance(t, HpuTensor) and t.dim() > 0:
-                raise placement_error(str(func.overloadpacket.__name__), t)
+                raise _placement_error(str(func.overloadpacket.__name__), t)
     target = kwargs.get("device")
     if target is not None:
         target = torch.device(target)

@@ -6,7 +6,8 @@ Each entry is one small function; when Fairseq grows the hook it stands in for, 
    HpuCommonConfig in FairseqConfig (and the by-name imports), then re-run hydra_init so argparse, Hydra and
    the stored schema all see `--hpu`.
 2. hpu_trainer: Fairseq has no Trainer registry; fairseq_cli.train looks `Trainer` up as a module global at
-   call time, so rebinding it (also in `__main__` for `python -m fairseq_cli.train`) selects HpuTrainer.
+   call time, so rebinding it (also in `__main__` for `python -m fairseq_cli.train`) to `trainer_for` selects
+   PluginTrainer, or HpuTrainer for --hpu.
 3. recompute_mark_step: activation checkpointing re-runs the forward inside backward; in lazy mode that
    graph must be cut first or memory is not saved, and Fairseq's CheckpointFunction has no hook for it.
 4. hpu_rng_state: Fairseq's get_rng_state/set_rng_state, with which the activation-checkpoint recompute replays
@@ -15,8 +16,10 @@ Each entry is one small function; when Fairseq grows the hook it stands in for, 
 5. distributed_launch: Fairseq's spawn and torchrun paths count CUDA devices (0 on Gaudi or CPU) and default
    to nccl; we wrap call_main to launch on HPU (hccl) and CPU (gloo).
 6. config_checks: Fairseq accepts settings it crashes on much later (cosine with max_update == warmup_updates,
-   a data folder without dict.txt) or sends elsewhere (--bf16 to TPU code on an --hpu run); we check the
-   config in call_main, before anything is built (checks.py).
+   a data folder without dict.txt); we check the config in call_main, before anything is built (checks.py).
+   There too, before the checks: Fairseq's argparse turns --bf16 into --tpu (its TPU path), which the plugin
+   undoes, since its --bf16 is autocast on the training device; and --fast-path becomes the options it stands
+   for (fast_path.py), so the checks and every spawned rank see them.
 """
 import functools
 import sys
@@ -53,12 +56,12 @@ def hpu_trainer():
     import fairseq.trainer
     import fairseq_cli.train
 
-    from gpt2_hpu.trainer import HpuTrainer
+    from gpt2_hpu.trainer import trainer_for
 
-    fairseq_cli.train.Trainer = HpuTrainer
+    fairseq_cli.train.Trainer = trainer_for
     main_module = sys.modules.get("__main__")
     if getattr(main_module, "Trainer", None) is fairseq.trainer.Trainer:
-        main_module.Trainer = HpuTrainer
+        main_module.Trainer = trainer_for
 
 
 def recompute_mark_step():
@@ -70,7 +73,9 @@ def recompute_mark_step():
 
     @functools.wraps(original)
     def backward(ctx, *args):
-        device.mark_step_if_training()
+        hpu = device.active()
+        if hpu is not None:
+            hpu.mark_step()
         return original(ctx, *args)
 
     CheckpointFunction.backward = staticmethod(backward)
@@ -86,7 +91,7 @@ def hpu_rng_state():
     @functools.wraps(stock_get)
     def get_rng_state():
         state = stock_get()
-        hpu = device.training_device()
+        hpu = device.active()
         if hpu is not None:
             state["hpu_rng_state"] = hpu.get_rng_state()
         return state
@@ -94,7 +99,7 @@ def hpu_rng_state():
     @functools.wraps(stock_set)
     def set_rng_state(state):
         stock_set(state)
-        hpu = device.training_device()
+        hpu = device.active()
         if hpu is not None and "hpu_rng_state" in state:
             hpu.set_rng_state(state["hpu_rng_state"])
 
@@ -118,13 +123,15 @@ def distributed_launch():
 def config_checks():
     import fairseq.distributed.utils as distributed_utils
 
-    from gpt2_hpu import checks
+    from gpt2_hpu import checks, fast_path
     from gpt2_hpu.errors import UsageError, exit_with
 
     launch = distributed_utils.call_main
 
     @functools.wraps(launch)
     def call_main(cfg, main, **kwargs):
+        checks.undo_implied_tpu(cfg, sys.argv)
+        fast_path.expand(cfg)
         try:
             checks.check(cfg)
         except UsageError as e:

@@ -64,25 +64,29 @@ def language_modeling_data(cfg):
             f"wrote, with dict.txt and the .bin/.idx splits")
 
 
-# Precision flags that Fairseq routes to other devices' code: --bf16 implies --tpu (torch_xla), --amp is
-# torch.cuda.amp.
-_FOREIGN_PRECISION = (("bf16", "--bf16", "its TPU code"), ("memory_efficient_bf16", "--memory-efficient-bf16",
-                                                           "its TPU code"), ("amp", "--amp", "torch.cuda.amp"))
-
-
-def hpu_precision(cfg):
-    """An --hpu run with a precision flag Fairseq would send to another device's code."""
+def precision(cfg):
+    """Precision flags that cannot go together, or that the HPU has no code for."""
     common = _get(cfg, "common")
-    if common is None or not _get(common, "hpu", False):
+    if common is None:
         return None
-    for field_name, flag, where in _FOREIGN_PRECISION:
-        if _get(common, field_name, False):
-            return (f"--hpu with {flag} is not supported yet: Fairseq sends {flag} to {where}, not to the HPU; "
-                    f"drop {flag} to train in fp32 on the HPU")
+    bf16 = _get(common, "bf16", False) or _get(common, "memory_efficient_bf16", False)
+    if bf16 and (_get(common, "fp16", False) or _get(common, "amp", False)):
+        return "--bf16 with --fp16 or --amp: choose one precision (bf16 autocast, fp16, or CUDA's fp16 --amp)"
+    if _get(common, "hpu", False) and _get(common, "amp", False):
+        return ("--hpu with --amp is not supported: Fairseq's --amp is torch.cuda.amp with a CUDA grad scaler; "
+                "use --bf16 (bf16 autocast) on the HPU")
     return None
 
 
-CHECKS = [hpu_precision, cosine_schedule, language_modeling_data]
+def undo_implied_tpu(cfg, argv):
+    """Fairseq's argparse turns --bf16 into --tpu (its bf16 is its TPU path); with the plugin --bf16 means bf16
+    autocast on the training device, so that implied --tpu is dropped unless the command line asked for it."""
+    common = cfg.common
+    if common.tpu and (common.bf16 or common.memory_efficient_bf16) and "--tpu" not in argv:
+        common.tpu = False
+
+
+CHECKS = [precision, cosine_schedule, language_modeling_data]
 
 
 def check(cfg):

@@ -1,4 +1,4 @@
-"""The `--hpu` options: Fairseq's CommonConfig plus what a Gaudi run needs (lands in `cfg.common`)."""
+"""The plugin's options: Fairseq's CommonConfig plus what a Gaudi run and the fast path need (in `cfg.common`)."""
 from dataclasses import dataclass, field
 
 from fairseq.dataclass import ChoiceEnum
@@ -18,6 +18,22 @@ class HpuCommonConfig(CommonConfig):
         default=False,
         metadata={"help": "with --zero-sharding os, let ZeroRedundancyOptimizer pack parameters into bucket "
                           "views (parameters_as_bucket_view=True); off by default, as in Habana's fork"})
+    fast_path: bool = field(
+        default=False,
+        metadata={"help": "the fast path: --bf16 (autocast), --compile (eager mode only), --fused-attention, and "
+                          "--optimizer fused_adamw in place of adam"})
+    compile: bool = field(
+        default=False,
+        metadata={"help": "run the model's forward and backward under torch.compile (hpu_backend on HPU, which "
+                          "needs eager mode; inductor elsewhere)"})
+    compile_backend: str = field(
+        default="", metadata={"help": "the torch.compile backend for --compile; empty: the device's own"})
+    fused_attention: bool = field(
+        default=False,
+        metadata={"help": "causal self-attention through one fused kernel (FusedSDPA on HPU, "
+                          "scaled_dot_product_attention elsewhere); same parameters and checkpoints"})
+    speed_warmup_updates: int = field(
+        default=10, metadata={"help": "updates left out of the tokens/s and MFU of train_inner lines"})
 
 
 def hpu_mode_arg(common_cfg):

@@ -22,6 +22,8 @@ class HpuDevice:
     """Availability, count, lazy/eager mode, mark_step, synchronize, memory, distributed backend, DDP ids."""
 
     distributed_backend = "hccl"
+    autocast_device_type = "hpu"  # torch.autocast(device_type="hpu"), Habana's mixed precision
+    compile_backend = "hpu_backend"  # registered by the bridge in eager mode
 
     def __init__(self, mode=None):
         """mode: "lazy", "eager" or None (keep PT_HPU_LAZY_MODE, or Habana's default when it is unset)."""
@@ -84,9 +86,6 @@ class HpuDevice:
     def set_rng_state(self, state):
         self._hthpu.set_rng_state(state)
 
-    def autocast(self, dtype=torch.bfloat16):
-        return torch.autocast(device_type=self.torch_device.type, dtype=dtype)
-
     # --- memory -------------------------------------------------------------------------------------
     def memory_stats(self):
         return self._hthpu.memory_stats()
@@ -144,7 +143,6 @@ def _supply_habana_modules():
 
 
 _device = None  # one per process: Habana's bridge loads once
-_training_device = None  # the device of the Trainer in use, None when it does not train on HPU
 
 
 def activate(mode=None):
@@ -155,17 +153,7 @@ def activate(mode=None):
     return _device
 
 
-def set_training_device(device):
-    global _training_device
-    _training_device = device
-
-
-def training_device():
-    """The HPU device of the Trainer in use, or None when training is not on HPU."""
-    return _training_device
-
-
-def mark_step_if_training():
-    """For hooks deep inside Fairseq (activation-checkpoint recompute) that cannot reach the Trainer."""
-    if _training_device is not None:
-        _training_device.mark_step()
+def active():
+    """The process's HPU device once something has activated it (an --hpu run), else None: for hooks deep
+    inside Fairseq (activation-checkpoint recompute, its RNG state) that see no trainer."""
+    return _device

@@ -1,20 +1,21 @@
-"""HpuTrainer: Fairseq's Trainer, made to train on Habana Gaudi when `--hpu` is given.
+"""PluginTrainer: Fairseq's Trainer with what every device needs, and the fast path; `trainer_for` picks the class.
 
-Without `--hpu` every method below defers to Fairseq's own (same losses, same logs); the exceptions fix what
-stock Fairseq cannot do at all off CUDA: DDP without device ids on CPU, ZeRO-1 without fairscale, and a
-multi-rank resume on torch >= 2.6.
+What stock Fairseq cannot do at all off CUDA, fixed for every device: DDP without device ids on CPU (and HPU),
+ZeRO-1 without fairscale, a multi-rank resume on torch >= 2.6. Without any plugin option a run is otherwise
+Fairseq's own: same losses, same logs.
 
-mark_step schedule (lazy mode only; eager mode has no graph to cut, so none is ever called):
-- after the forward+backward of every gradient-accumulation micro-batch: the graph holds one micro-batch,
-  not update_freq of them (memory), and each micro-batch graph is the same cached recipe;
-- after every optimizer step: the update is its own graph, executed before logging reads any value;
-- after every validation step: one forward per graph, as in training;
-- at the start of each activation-checkpoint backward recompute (see adaptations.recompute_mark_step): the
-  pending backward is flushed before the forward is re-run, so activations are really freed.
-So an update costs update_freq + 1 mark_steps, plus update_freq x (checkpointed layers) with
---checkpoint-activations.
+The fast path (each piece its own option; `--fast-path` turns them all on, see fast_path.py):
+- `--bf16` is bf16 autocast around the model's forward, with fp32 weights (the optimizer's masters) and an fp32
+  loss: Fairseq's own `--bf16` casts the whole model and is its TPU path;
+- `--compile` runs forward and backward under `torch.compile` (the device picks the backend);
+- `--fused-attention` computes causal self-attention with one fused kernel;
+- gradient clipping stays on the device, and the statistics of an update reach the host only at logging steps:
+  the one host sync left per update is Fairseq's own finite-gradient check.
+Every `train_inner` line then reports tokens/s without warm-up, validation and checkpoint time, MFU where the
+device's bf16 peak is known, and peak device memory.
+
+The HPU specifics (device, mark_step schedule, Habana's fused clip) live in hpu_trainer.py.
 """
-import contextlib
 import logging
 
 import torch
@@ -24,43 +25,52 @@ from fairseq import metrics, utils
 from fairseq.distributed import utils as distributed_utils
 from fairseq.trainer import Trainer
 
-from gpt2_hpu import device as hpu_device
-from gpt2_hpu.config import hpu_mode_arg
+from gpt2_hpu import fast_path, stats
 from gpt2_hpu.optim import zero
 
 logger = logging.getLogger(__name__)
 
 
-class HpuTrainer(Trainer):
+def trainer_for(cfg, task, model, criterion, quantizer=None):
+    """The trainer class for this run, chosen once from its config (Fairseq calls `Trainer(...)` by name)."""
+    if getattr(cfg.common, "hpu", False):
+        from gpt2_hpu.hpu_trainer import HpuTrainer
+
+        return HpuTrainer(cfg, task, model, criterion, quantizer)
+    return PluginTrainer(cfg, task, model, criterion, quantizer)
+
+
+class PluginTrainer(Trainer):
     def __init__(self, cfg, task, model, criterion, quantizer=None):
-        self._hpu = None
-        if getattr(cfg.common, "hpu", False):
-            self._hpu = hpu_device.activate(hpu_mode_arg(cfg.common))
-            logger.info(f"training on HPU ({'emulated, ' if self._hpu.emulated else ''}"
-                        f"{'lazy' if self._hpu.lazy else 'eager'} mode)")
-        hpu_device.set_training_device(self._hpu)
-        self._in_hpu_step = False
         self._zero_logged = False
-        self._fused_clip = None  # (max_norm, FusedClipNorm), built on first use
+        self._host_group = None  # gloo, for the statistics that live on the host
+        fast_path.expand(cfg)
+        self._autocast_dtype = fast_path.take_bf16(cfg.common)
         super().__init__(cfg, task, model, criterion, quantizer)
+        self.speed = fast_path.make_speed_meter(cfg, self._model, self.device_name())
+        self._compile_watch = fast_path.prepare_model(self._model, cfg.common, self.autocast_device_type(),
+                                                      self._autocast_dtype, self.compile_backend(),
+                                                      self.fused_sdpa(), lazy=self.is_lazy())
 
-    # Fairseq's __init__ assigns cuda/device for CUDA, TPU or CPU; on HPU these two answers win, so the base
-    # class itself moves the model to the HPU and re-ties shared parameters after the move.
-    @property
-    def device(self):
-        return self._hpu.torch_device if self._hpu is not None else self._stock_device
+    # --- what the device answers (HpuTrainer overrides) -------------------------------------------------
+    def autocast_device_type(self):
+        return self.device.type
 
-    @device.setter
-    def device(self, value):
-        self._stock_device = value
+    def compile_backend(self):
+        return "inductor"
 
-    @property
-    def cuda(self):
-        return False if self._hpu is not None else self._stock_cuda
+    def is_lazy(self):
+        return False
 
-    @cuda.setter
-    def cuda(self, value):
-        self._stock_cuda = value
+    def fused_sdpa(self):
+        """The causal attention kernel for `--fused-attention`; None means torch's scaled_dot_product_attention."""
+        return None
+
+    def device_name(self):
+        return torch.cuda.get_device_name() if self.cuda else None
+
+    def peak_memory(self):
+        return torch.cuda.max_memory_allocated() if self.cuda else None
 
     # --- distributed wrappers --------------------------------------------------------------------------
     @property
@@ -81,6 +91,9 @@ class HpuTrainer(Trainer):
         return (self.use_distributed_wrapper and not self.cuda and not self.tpu
                 and self.cfg.distributed_training.ddp_backend in ("c10d", "pytorch_ddp"))
 
+    def ddp_device_ids(self):
+        return None
+
     def _deviceless_ddp(self, module):
         from fairseq.distributed import ModuleProxyWrapper
         from torch.nn.parallel import DistributedDataParallel
@@ -88,7 +101,7 @@ class HpuTrainer(Trainer):
         dt = self.cfg.distributed_training
         ddp = DistributedDataParallel(
             module=module.to(self.device),
-            device_ids=self._hpu.ddp_device_ids() if self._hpu is not None else None,
+            device_ids=self.ddp_device_ids(),
             output_device=None,
             broadcast_buffers=dt.broadcast_buffers,
             bucket_cap_mb=dt.bucket_cap_mb,
@@ -138,79 +151,75 @@ class HpuTrainer(Trainer):
                     f"(largest/ideal {max(per_rank) * len(per_rank) / max(total, 1):.3f})")
 
     def clip_grad_norm(self, clip_norm):
-        if self._hpu is None or self.is_fsdp or not _is_plain(self.optimizer):
+        if self.is_fsdp or not _is_plain(self.optimizer):
             return super().clip_grad_norm(clip_norm)
-        params = [p for p in self.optimizer.params if p.grad is not None]
-        if clip_norm > 0:
-            # Habana's fused kernel: norm and clip on the device, no host round trip per step.
-            if self._fused_clip is None or self._fused_clip[0] != clip_norm:
-                self._fused_clip = (clip_norm, self._hpu.fused_clip_norm(params, clip_norm))
-            return self._fused_clip[1].clip_norm(params).reshape(())
-        if not params:
-            return torch.tensor(0.0)
-        norms = torch.stack([torch.linalg.vector_norm(p.grad.detach(), 2.0, dtype=torch.float32) for p in params])
-        return torch.linalg.vector_norm(norms, 2.0)
+        # Fairseq's own takes one norm per tensor (and, off CUDA without apex, through the CPU): one fused
+        # norm over all gradients, and the scale applied on the device.
+        return stats.clip_grad_norm(self.optimizer.params, clip_norm)
 
     # --- steps ------------------------------------------------------------------------------------------
-    def _prepare_sample(self, sample, is_dummy=False):
-        sample, is_dummy = super()._prepare_sample(sample, is_dummy)
-        if self._hpu is not None and sample:
-            # Fairseq moves a batch only when self.cuda (or a TPU dummy batch): on HPU it would stay on the host.
-            sample = utils.move_to_cuda(sample, device=self.device)
-        return sample, is_dummy
-
     def train_step(self, samples, raise_oom=False):
-        if self._hpu is None or self._in_hpu_step:  # the second case: Fairseq's AMP retry re-enters
-            logging_output = super().train_step(samples, raise_oom)
-            self._log_zero_shards_once()
-            return logging_output
-        start = self._hpu.mark_steps
-        self._in_hpu_step = True
-        try:
-            with _mark_step_after(self.task, "train_step", self._hpu), \
-                    _mark_step_after(self.task, "optimizer_step", self._hpu):
-                logging_output = super().train_step(samples, raise_oom)
-        finally:
-            self._in_hpu_step = False
+        self.speed.start_update()
+        logging_output = super().train_step(samples, raise_oom)
         self._log_zero_shards_once()
-        metrics.log_scalar("mark_steps", self._hpu.mark_steps - start, priority=1450, round=1)
-        metrics.log_scalar("hpu_mem_gb", self._hpu.memory_allocated() / 2 ** 30, priority=1500, round=3,
-                           weight=0)
+        if logging_output is not None:
+            self.speed.end_update(stats.tokens_in(samples), self.get_num_updates())
+            self._log_speed()
         return logging_output
 
     def valid_step(self, sample, raise_oom=False):
-        if self._hpu is None:
+        with self.speed.paused():
             return super().valid_step(sample, raise_oom)
-        start = self._hpu.mark_steps
-        with _mark_step_after(self.task, "valid_step", self._hpu):
-            logging_output = super().valid_step(sample, raise_oom)
-        metrics.log_scalar("mark_steps", self._hpu.mark_steps - start, priority=1450, round=1)
-        return logging_output
+
+    def save_checkpoint(self, filename, extra_state):
+        with self.speed.paused():
+            return super().save_checkpoint(filename, extra_state)
+
+    def _log_speed(self):
+        rate = self.speed.tokens_per_second()
+        if rate is not None:
+            metrics.log_scalar("tok_s", rate, priority=1300, round=0, weight=0)
+            mfu = self.speed.mfu()
+            if mfu is not None:
+                metrics.log_scalar("mfu", 100.0 * mfu, priority=1310, round=1, weight=0)
+        peak = self.peak_memory()
+        if peak is not None:
+            metrics.log_scalar("peak_mem_gb", peak / 2 ** 30, priority=1320, round=2, weight=0)
+        if self._compile_watch is not None:
+            self._compile_watch.after_update(self.get_num_updates())
 
     # --- statistics and checkpoints --------------------------------------------------------------------
+    def _reduce_and_log_stats(self, logging_outputs, sample_size, grad_norm=None):
+        if grad_norm is None or self.cfg.common.fp16 or self.cfg.common.amp:
+            return super()._reduce_and_log_stats(logging_outputs, sample_size, grad_norm)
+        # Fairseq reads every smoothed value back to the host here, each a device sync, only to build a legacy
+        # return value that fairseq_cli.train never reads; the meters themselves keep device tensors until a
+        # logging step. (A non-finite grad_norm has already raised in train_step.)
+        stats.log_update(grad_norm, self.cfg.optimization.clip_norm)
+        with metrics.aggregate():
+            if logging_outputs is not None:
+                self.task.reduce_metrics(logging_outputs, self.get_criterion())
+        return {"sample_size": sample_size}
+
     def _fast_stat_sync_sum(self, logging_outputs, *extra_stats_to_sum, ignore=False):
-        if self._hpu is None:
-            return super()._fast_stat_sync_sum(logging_outputs, *extra_stats_to_sum, ignore=ignore)
-        # Fairseq reduces in float64; Gaudi has little float64 support, so reduce in float32 on the device.
-        names, values = [], []
-        for i, stat in enumerate(extra_stats_to_sum):
-            names.append(("extra", i))
-            values.append(stat)
-        log_keys = list(logging_outputs[0].keys()) if logging_outputs else None
-        for k in log_keys or []:
-            if ignore:
-                v = logging_outputs[0][k]
-                v = torch.zeros_like(v) if torch.is_tensor(v) else 0
-            else:
-                v = sum(log[k] for log in logging_outputs if k in log)
-            names.append(("log", k))
-            values.append(v)
-        buf = torch.stack([torch.as_tensor(v, dtype=torch.float32).to(self.device).reshape(()) for v in values])
-        distributed_utils.all_reduce(buf, group=self.data_parallel_process_group)
-        reduced = dict(zip(names, buf.unbind(0)))
-        extra = [reduced[("extra", i)] for i in range(len(extra_stats_to_sum))]
-        outputs = [{k: reduced[("log", k)] for k in log_keys}] if log_keys is not None else []
-        return outputs, extra
+        return stats.sum_logging_outputs(logging_outputs, extra_stats_to_sum, ignore, self._sum_on_host,
+                                         self._sum_on_device)
+
+    def stat_dtype(self):
+        return torch.float64
+
+    def _sum_on_host(self, values):
+        if self._host_group is None:
+            # Every rank reaches its first statistics sum at the same update: a safe point for a collective.
+            ranks = torch.distributed.get_process_group_ranks(self.data_parallel_process_group)
+            self._host_group = torch.distributed.new_group(ranks=ranks, backend="gloo")
+        torch.distributed.all_reduce(values, group=self._host_group)
+        return values
+
+    def _sum_on_device(self, values):
+        values = values.to(self.stat_dtype())
+        distributed_utils.all_reduce(values, group=self.data_parallel_process_group)
+        return values
 
     def load_checkpoint(self, filename, *args, **kwargs):
         if self.data_parallel_world_size > 1 and not self.cfg.checkpoint.load_checkpoint_on_all_dp_ranks:
@@ -222,26 +231,5 @@ class HpuTrainer(Trainer):
 
 
 def _is_plain(fairseq_optimizer):
-    """True for an fp32 FairseqOptimizer (no fp16/bf16 wrapper with its own scaling)."""
+    """True for an fp32 FairseqOptimizer (no fp16 wrapper with its own scaling)."""
     return not hasattr(fairseq_optimizer, "fp32_optimizer") and not hasattr(fairseq_optimizer, "scaler")
-
-
-@contextlib.contextmanager
-def _mark_step_after(obj, name, device):
-    """For the duration of the block, `obj.name(...)` is followed by a mark_step."""
-    had_instance_attr = name in vars(obj)
-    original = getattr(obj, name)
-
-    def with_mark_step(*args, **kwargs):
-        result = original(*args, **kwargs)
-        device.mark_step()
-        return result
-
-    setattr(obj, name, with_mark_step)
-    try:
-        yield
-    finally:
-        if had_instance_attr:
-            setattr(obj, name, original)
-        else:
-            delattr(obj, name)

@@ -97,22 +97,25 @@ def test_mpirun_on_one_host_may_use_localhost(launch_env):
     assert _find_launch(_cfg()) == "env"
 
 
-@pytest.mark.parametrize("field,flag", [("bf16", "--bf16"), ("memory_efficient_bf16", "--memory-efficient-bf16"),
-                                        ("amp", "--amp")])
-def test_foreign_precision_flags_with_hpu_get_one_line(field, flag):
-    from gpt2_hpu.checks import hpu_precision
+@pytest.mark.parametrize("fields", [dict(bf16=True, fp16=True), dict(memory_efficient_bf16=True, amp=True)])
+def test_two_precisions_get_one_line(fields):
+    from gpt2_hpu.checks import precision
 
-    message = hpu_precision(_cfg(**{field: True}))
-    assert message.startswith(f"--hpu with {flag} is not supported yet") and f"drop {flag}" in message
-    assert hpu_precision(_cfg(hpu=False, **{field: True})) is None
-    assert hpu_precision(_cfg()) is None
+    assert precision(_cfg(hpu=False, **fields)).startswith("--bf16 with --fp16 or --amp: choose one precision")
+    assert precision(_cfg(hpu=False, bf16=True)) is None
+    assert precision(_cfg(bf16=True)) is None
 
 
-def test_hpu_with_bf16_on_the_command_line_exits_with_that_line(tiny_data, tmp_path):
+def test_amp_with_hpu_gets_one_line():
+    from gpt2_hpu.checks import precision
+
+    assert precision(_cfg(amp=True)).startswith("--hpu with --amp is not supported")
+    assert precision(_cfg(hpu=False, amp=True)) is None
+
+
+def test_bf16_on_the_command_line_is_autocast_not_tpu(tiny_data, tmp_path):
     proc = run([BIN / "fairseq-train", tiny_data, "--user-dir", PACKAGE_DIR, "--hpu", "--bf16", *TINY_MODEL,
-                "--max-update", "3", "--save-dir", tmp_path], env=emulation_env(1, "lazy"))
-    assert proc.returncode == 2
-    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
-    assert errors == ["gpt2-hpu: error: --hpu with --bf16 is not supported yet: Fairseq sends --bf16 to its TPU "
-                      "code, not to the HPU; drop --bf16 to train in fp32 on the HPU"], proc.stderr[-2000:]
+                "--max-update", "2", "--save-dir", tmp_path], env=emulation_env(1, "eager"))
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert "bf16 autocast on hpu: fp32 weights and loss" in proc.output
     assert "Traceback" not in proc.output

@@ -19,7 +19,9 @@ What it models:
   tensors;
 - random numbers: random ops on HPU tensors draw from the HPU generator (`torch.hpu.get_rng_state`), never the
   CPU's, as on a Gaudi (dropout included).
-What it does not: speed, memory limits, graph compilation, dtype support (int64 and float64 run as on the
+- host reads: every value read back to the host is counted (`host_reads()`), since each is a device sync.
+What it does not: speed, memory limits, graph compilation (torch.compile runs the model eagerly), autocast
+(`torch.autocast("hpu")` is accepted and computes in fp32), dtype support (int64 and float64 run as on the
 CPU), numerical differences of Gaudi kernels.
 """
 import torch
@@ -59,6 +61,8 @@ class HpuTensor(torch.Tensor):
 
     def tolist(self):
         # A device-to-host copy, as for any accelerator tensor (torch refuses tolist() on subclasses).
+        global _host_reads
+        _host_reads += 1
         return self.host_data.tolist()
 
     # Lets torch swap whole tensors (Module._apply) instead of re-pointing metadata, which would leave
@@ -72,7 +76,7 @@ class HpuTensor(torch.Tensor):
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
-        return _run(func, args, kwargs or {})
+        return _run_outside_compile(func, args, kwargs or {})
 
 
 def _placement_error(func_name, host):
@@ -101,7 +105,29 @@ def _unwrap(v):
     return v
 
 
+_host_reads = 0
+
+
+def host_reads():
+    """How many times a value went from the emulated HPU to the host (`.item()`, `bool()`, `.cpu()`, copies to
+    host tensors): each one is a device sync on a Gaudi, and in lazy mode also runs the pending graph."""
+    return _host_reads
+
+
+def _count_host_read(func, args, kwargs):
+    global _host_reads
+    if func is _aten._local_scalar_dense.default:
+        _host_reads += isinstance(args[0], HpuTensor)
+    elif func is _aten._to_copy.default:
+        target = kwargs.get("device")
+        to_host = target is not None and torch.device(target).type != DEVICE.type
+        _host_reads += isinstance(args[0], HpuTensor) and to_host
+    elif func is _aten.copy_.default:
+        _host_reads += not isinstance(args[0], HpuTensor) and isinstance(args[1], HpuTensor)
+
+
 def _run(func, args, kwargs):
+    _count_host_read(func, args, kwargs)
     tensors = list(_tensors(args))
     tensors.extend(_tensors(kwargs.values()))
     if func not in _CROSS_DEVICE:
@@ -138,6 +164,10 @@ def _run(func, args, kwargs):
     if isinstance(out, (list, tuple)):
         return type(out)(wrap(x) for x in out)
     return wrap(out)
+
+
+# torch.compile must not trace the emulator's own Python (it would compile the emulation, not the model).
+_run_outside_compile = torch.compiler.disable(lambda func, args, kwargs: _run(func, args, kwargs))
 
 
 def _with_hpu_generator(func, args, kwargs):

@@ -1,6 +1,7 @@
 """Emulated `habana_frameworks.torch.core`.
 
-Import side effects, as in the bridge: registers `torch.hpu`, makes `torch.manual_seed` seed the HPU
+Import side effects, as in the bridge: registers `torch.hpu` (and, in eager mode, the `hpu_backend`
+torch.compile backend), makes `torch.manual_seed` seed the HPU
 generator too, and wraps `torch.save`/`torch.load` so HPU tensors are pickled from the host and
 `map_location` may name the HPU.
 """
@@ -16,6 +17,9 @@ from habana_frameworks.torch import hpu as _hpu
 
 if getattr(torch, "hpu", None) is not _hpu:
     torch._register_device_module("hpu", _hpu)
+
+if not is_lazy():
+    from habana_frameworks.torch.dynamo.compile_backend import backends as _backends  # noqa: F401  (hpu_backend)
 
 if not getattr(torch.manual_seed, "_seeds_hpu", False):
     _torch_manual_seed = torch.manual_seed

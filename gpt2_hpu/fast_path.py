@@ -1,0 +1,150 @@
+"""The fast path: bf16 autocast, `torch.compile`, fused attention and fused AdamW, each an option of its own, and
+`--fast-path` to turn on every one that applies to the run.
+
+| option | what it does |
+|---|---|
+| `--bf16` | bf16 autocast around the model's forward; weights, optimizer state and loss stay fp32 |
+| `--compile` | forward and backward under `torch.compile` (`hpu_backend` on HPU in eager mode, inductor elsewhere) |
+| `--fused-attention` | causal self-attention through one fused kernel (FusedSDPA on HPU, SDPA elsewhere) |
+| `--optimizer fused_adamw` | Fairseq adam's update rule in one fused kernel (Habana FusedAdamW, torch fused AdamW) |
+| `--fast-path` | all of the above; `--compile` only in eager mode, bf16 unless --fp16/--amp is given |
+
+The model's parameters and state dict are untouched: checkpoints move between the fast path and stock Fairseq.
+"""
+import functools
+import logging
+
+import torch
+from omegaconf import open_dict
+
+from gpt2_hpu.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+RECOMPILE_WARMUP_UPDATES = 2  # the first update compiles forward and backward; the second may settle guards
+
+
+def expand(cfg):
+    """Turns `--fast-path` into the options it stands for (idempotent; run before the optimizer is built)."""
+    common = cfg.common
+    if not getattr(common, "fast_path", False):
+        return
+    with open_dict(common):
+        if not (common.fp16 or common.amp or common.memory_efficient_fp16):
+            common.bf16 = True
+        common.fused_attention = True
+        common.compile = True
+    if str(getattr(cfg.optimizer, "_name", "")) == "adam":
+        with open_dict(cfg.optimizer):
+            cfg.optimizer._name = "fused_adamw"
+
+
+def take_bf16(common):
+    """The autocast dtype for this run, or None. Fairseq's own --bf16 casts the model and the criterion to bf16
+    and sends argparse runs to its TPU code; the plugin keeps fp32 weights and autocasts the forward instead, so
+    Fairseq's flags are cleared here, before its Trainer reads them."""
+    if not (common.bf16 or common.memory_efficient_bf16):
+        return None
+    if common.fp16 or common.amp:
+        raise UsageError("--bf16 with --fp16 or --amp: choose one precision")
+    with open_dict(common):
+        common.bf16 = False
+        common.memory_efficient_bf16 = False
+    return torch.bfloat16
+
+
+def prepare_model(model, common, device_type, autocast_dtype, compile_backend, sdpa, lazy=False):
+    """Applies the fast-path options to `model` in place; returns the CompileWatch when compiling."""
+    if getattr(common, "fused_attention", False):
+        from gpt2_hpu.fused_attention import use_fused_attention
+
+        changed = use_fused_attention(model, sdpa=sdpa)
+        logger.info(f"fused causal attention in {changed} self-attention modules")
+    watch = None
+    compile_on = getattr(common, "compile", False)
+    if compile_on and lazy:
+        if getattr(common, "fast_path", False):
+            logger.info("--fast-path: no torch.compile in lazy mode (graphs are cut by mark_step instead)")
+            compile_on = False
+        else:
+            raise UsageError("--compile needs eager mode, and this HPU runs in lazy mode: set PT_HPU_LAZY_MODE=0 "
+                             "(or --hpu-mode eager) to compile, or drop --compile")
+    forward = model.forward
+    if compile_on:
+        backend = str(getattr(common, "compile_backend", "") or compile_backend)
+        watch = CompileWatch(backend)
+        # dynamic=False: the shapes are fixed (--sample-break-mode none), and a new shape should show as a
+        # recompile in the log, not turn into a slower dynamic graph.
+        forward = torch.compile(forward, backend=watch.backend, dynamic=False)
+        logger.info(f"torch.compile: model forward and backward, backend {backend}")
+    if autocast_dtype is not None:
+        forward = functools.partial(_autocast_forward, forward, device_type, autocast_dtype)
+        logger.info(f"bf16 autocast on {device_type}: fp32 weights and loss")
+    if forward is not model.forward:
+        # An instance attribute, so the state dict, DDP and Fairseq's model methods are unchanged; a partial of
+        # a bound method, so a deepcopy of the model (EMA) calls its own forward.
+        model.forward = forward
+    return watch
+
+
+def _autocast_forward(forward, device_type, dtype, *args, **kwargs):
+    with torch.autocast(device_type=device_type, dtype=dtype):
+        return forward(*args, **kwargs)
+
+
+class CompileWatch:
+    """Counts graph compilations and logs a warning, with dynamo's stated cause, for each one after warm-up."""
+
+    def __init__(self, backend_name):
+        import torch._dynamo
+
+        self._backend = torch._dynamo.lookup_backend(backend_name)
+        self.compiles = 0
+        self.recompiles_after_warmup = 0
+        self._seen = 0
+        self._reasons = []
+        _capture_recompile_reasons(self._reasons)
+
+    def backend(self, graph_module, example_inputs, **kwargs):
+        self.compiles += 1
+        return self._backend(graph_module, example_inputs, **kwargs)
+
+    def after_update(self, num_updates):
+        new, self._seen = self.compiles - self._seen, self.compiles
+        if num_updates <= RECOMPILE_WARMUP_UPDATES:
+            if num_updates == RECOMPILE_WARMUP_UPDATES:
+                logger.info(f"torch.compile warm-up: {self.compiles} graphs compiled")
+            del self._reasons[:]
+            return
+        if new > 0:
+            self.recompiles_after_warmup += new
+            cause = self._reasons[-1].strip() if self._reasons else "no cause reported by dynamo"
+            logger.warning(f"torch.compile recompiled {new} graph(s) at update {num_updates}, after warm-up: "
+                           f"{cause}")
+            del self._reasons[:]
+
+
+class _ReasonHandler(logging.Handler):
+    def __init__(self, sink):
+        super().__init__(logging.DEBUG)
+        self.sink = sink
+
+    def emit(self, record):
+        self.sink.append(record.getMessage())
+
+
+def _capture_recompile_reasons(sink):
+    """dynamo states why it recompiles on its "recompiles" log artifact, enabled here."""
+    torch._logging.set_logs(recompiles=True)
+    logging.getLogger("torch._dynamo.guards.__recompiles").addHandler(_ReasonHandler(sink))
+
+
+def make_speed_meter(cfg, model, device_name):
+    """The tokens/s and MFU meter of the `train_inner` lines (see throughput.py)."""
+    from gpt2_hpu import throughput
+
+    seq_len = int(getattr(cfg.task, "tokens_per_sample", 0) or 0)
+    return throughput.Throughput(
+        flops_per_token=throughput.fairseq_lm_flops_per_token(model, seq_len) if seq_len else None,
+        peak_flops=throughput.peak_bf16_flops(device_name) if device_name else None,
+        warmup_updates=int(getattr(cfg.common, "speed_warmup_updates", 10)))

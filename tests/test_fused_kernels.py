@@ -321,6 +321,27 @@ def test_fused_adamw_takes_adams_flags_and_works_with_fairseqs_schedulers():
     assert 0 < optimizer.get_lr() < 0.0006
 
 
+def test_fused_adamw_under_fairseqs_fp16_optimizer():
+    from fairseq.optim import FP16Optimizer
+
+    start = _params()
+    masters = {}
+    for name in ("adam", "fused_adamw"):
+        # Flat master parameters are built on a CUDA device only; per-parameter masters take the same steps.
+        cfg = _parse(name, "--fp16 --fp16-init-scale 1 --fp16-no-flatten-grads")
+        params = [p.half() for p in kh.copies(start)]
+        optimizer = FP16Optimizer.build_optimizer(cfg, params)
+        for step in kh.gradients(params, 5):
+            # A loss whose gradients are the given ones, through the wrapper's backward (loss scaling included).
+            optimizer.backward(sum((p * g.half()).sum() for p, g in zip(params, step)))
+            optimizer.step()
+            optimizer.zero_grad()
+        masters[name] = [p.detach().clone() for p in optimizer.fp32_params]
+        assert all(p.dtype == torch.float32 for p in masters[name])
+        assert not torch.allclose(masters[name][0], start[0].half().float())  # the steps were taken
+    _assert_params_close(masters["fused_adamw"], masters["adam"])
+
+
 # --- the emulated HPU ---------------------------------------------------------------------------------------
 
 EMULATED = """

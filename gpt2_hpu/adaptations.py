@@ -134,9 +134,11 @@ def config_checks():
         fast_path.expand(cfg)
         try:
             checks.check(cfg)
+            # A setting found wrong only once the device is known (e.g. --compile in lazy mode) is raised as
+            # a UsageError by the trainer: one line too.
+            return launch(cfg, main, **kwargs)
         except UsageError as e:
             exit_with(str(e))
-        return launch(cfg, main, **kwargs)
 
     distributed_utils.call_main = call_main
 

@@ -7,7 +7,9 @@
 | `--compile` | forward and backward under `torch.compile` (`hpu_backend` on HPU in eager mode, inductor elsewhere) |
 | `--fused-attention` | causal self-attention through one fused kernel (FusedSDPA on HPU, SDPA elsewhere) |
 | `--optimizer fused_adamw` | Fairseq adam's update rule in one fused kernel (Habana FusedAdamW, torch fused AdamW) |
-| `--fast-path` | all of the above; `--compile` only in eager mode, bf16 unless --fp16/--amp is given |
+| `--fast-path` | all of the above; `--compile` only in eager mode; bf16 on HPU and CUDA unless --fp16/--amp is given |
+
+On a CPU `--fast-path` keeps fp32: CPUs without a bf16 matrix unit run bf16 matmuls many times slower.
 
 The model's parameters and state dict are untouched: checkpoints move between the fast path and stock Fairseq.
 """
@@ -29,8 +31,9 @@ def expand(cfg):
     common = cfg.common
     if not getattr(common, "fast_path", False):
         return
+    on_accelerator = getattr(common, "hpu", False) or (torch.cuda.is_available() and not common.cpu)
     with open_dict(common):
-        if not (common.fp16 or common.amp or common.memory_efficient_fp16):
+        if on_accelerator and not (common.fp16 or common.amp or common.memory_efficient_fp16):
             common.bf16 = True
         common.fused_attention = True
         common.compile = True
@@ -53,12 +56,13 @@ def take_bf16(common):
     return torch.bfloat16
 
 
-def prepare_model(model, common, device_type, autocast_dtype, compile_backend, sdpa, lazy=False):
-    """Applies the fast-path options to `model` in place; returns the CompileWatch when compiling."""
+def prepare_model(model, common, device_type, autocast_dtype, compile_backend, make_sdpa, lazy=False):
+    """Applies the fast-path options to `model` in place; returns the CompileWatch when compiling.
+    `make_sdpa()` gives the device's fused attention kernel (None: torch's)."""
     if getattr(common, "fused_attention", False):
         from gpt2_hpu.fused_attention import use_fused_attention
 
-        changed = use_fused_attention(model, sdpa=sdpa)
+        changed = use_fused_attention(model, sdpa=make_sdpa())
         logger.info(f"fused causal attention in {changed} self-attention modules")
     watch = None
     compile_on = getattr(common, "compile", False)
@@ -93,7 +97,10 @@ def _autocast_forward(forward, device_type, dtype, *args, **kwargs):
 
 
 class CompileWatch:
-    """Counts graph compilations and logs a warning, with dynamo's stated cause, for each one after warm-up."""
+    """Counts graph compilations and logs a warning, with dynamo's stated cause, for each one after warm-up.
+
+    Warm-up: the first RECOMPILE_WARMUP_UPDATES updates for training, the first validation round for
+    validation (no_grad and eval mode are graphs of their own)."""
 
     def __init__(self, backend_name):
         import torch._dynamo
@@ -102,6 +109,8 @@ class CompileWatch:
         self.compiles = 0
         self.recompiles_after_warmup = 0
         self._seen = 0
+        self._validation_rounds = 0
+        self._validating = False
         self._reasons = []
         _capture_recompile_reasons(self._reasons)
 
@@ -110,18 +119,24 @@ class CompileWatch:
         return self._backend(graph_module, example_inputs, **kwargs)
 
     def after_update(self, num_updates):
+        self._validating = False
+        self._check(num_updates > RECOMPILE_WARMUP_UPDATES, f"update {num_updates}")
+        if num_updates == RECOMPILE_WARMUP_UPDATES:
+            logger.info(f"torch.compile warm-up: {self.compiles} graphs compiled")
+
+    def after_valid_step(self):
+        if not self._validating:
+            self._validating = True
+            self._validation_rounds += 1
+        self._check(self._validation_rounds > 1, "validation")
+
+    def _check(self, warm, where):
         new, self._seen = self.compiles - self._seen, self.compiles
-        if num_updates <= RECOMPILE_WARMUP_UPDATES:
-            if num_updates == RECOMPILE_WARMUP_UPDATES:
-                logger.info(f"torch.compile warm-up: {self.compiles} graphs compiled")
-            del self._reasons[:]
-            return
-        if new > 0:
+        if new > 0 and warm:
             self.recompiles_after_warmup += new
             cause = self._reasons[-1].strip() if self._reasons else "no cause reported by dynamo"
-            logger.warning(f"torch.compile recompiled {new} graph(s) at update {num_updates}, after warm-up: "
-                           f"{cause}")
-            del self._reasons[:]
+            logger.warning(f"torch.compile recompiled {new} graph(s) at {where}, after warm-up: {cause}")
+        del self._reasons[:]
 
 
 class _ReasonHandler(logging.Handler):

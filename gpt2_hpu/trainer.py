@@ -50,7 +50,7 @@ class PluginTrainer(Trainer):
         self.speed = fast_path.make_speed_meter(cfg, self._model, self.device_name())
         self._compile_watch = fast_path.prepare_model(self._model, cfg.common, self.autocast_device_type(),
                                                       self._autocast_dtype, self.compile_backend(),
-                                                      self.fused_sdpa(), lazy=self.is_lazy())
+                                                      self.fused_sdpa, lazy=self.is_lazy())
 
     # --- what the device answers (HpuTrainer overrides) -------------------------------------------------
     def autocast_device_type(self):
@@ -169,7 +169,10 @@ class PluginTrainer(Trainer):
 
     def valid_step(self, sample, raise_oom=False):
         with self.speed.paused():
-            return super().valid_step(sample, raise_oom)
+            logging_output = super().valid_step(sample, raise_oom)
+        if self._compile_watch is not None:
+            self._compile_watch.after_valid_step()
+        return logging_output
 
     def save_checkpoint(self, filename, extra_state):
         with self.speed.paused():

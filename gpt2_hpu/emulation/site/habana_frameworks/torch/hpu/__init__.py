@@ -16,6 +16,7 @@ import torch
 from . import memory, metrics, random  # noqa: F401
 from .memory import *  # noqa: F401,F403
 from .random import *  # noqa: F401,F403
+from .streams import *  # noqa: F401,F403
 
 _initialized = False
 POOL_ENV = "GPT2_HPU_EMULATE_POOL"

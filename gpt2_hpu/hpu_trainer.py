@@ -126,6 +126,11 @@ class _MarkStepAfter:
         object.__setattr__(self, "_after", frozenset(after))
         object.__setattr__(self, "_hpu", hpu)
 
+    @property
+    def __class__(self):
+        # Fairseq asks the task's class, e.g. `self.task.__class__.logging_outputs_can_be_summed(...)`.
+        return type(self._task)
+
     def __getattr__(self, name):
         value = getattr(self._task, name)
         if name not in self._after:

@@ -39,11 +39,11 @@ def compose_config(config_dir, name, overrides):
         return compose(name, overrides=overrides)
 
 
-def _from_yaml(name):
+def _from_yaml(name, overrides=()):
     from fairseq.dataclass.initialize import add_defaults, hydra_init
 
     hydra_init(name)
-    cfg = compose_config(REPO / "configs", name, ["task.data=/data/owt"])
+    cfg = compose_config(REPO / "configs", name, ["task.data=/data/owt", *overrides])
     add_defaults(cfg)
     return cfg
 
@@ -71,3 +71,17 @@ def test_seed_yaml_composes_to_the_seed_command_line():
     # The values that matter most, spelled out: GPT-2 small, not Fairseq's 6-layer default.
     assert (yaml.model.decoder_layers, yaml.model.decoder_embed_dim, yaml.model.decoder_attention_heads) == (12, 768, 12)
     assert yaml.common.hpu is True and yaml.distributed_training.zero_sharding == "os"
+
+
+def test_fast_yaml_is_the_seed_yaml_on_the_fast_path():
+    from gpt2_hpu import adaptations
+
+    adaptations.apply()
+    seed, fast = _from_yaml("gpt2_small_8hpu"), _from_yaml("gpt2_small_8hpu", ["+path=fast"])
+    assert fast.common.fast_path is True and seed.common.fast_path is False
+    assert fast.model.checkpoint_activations is False and seed.model.checkpoint_activations is True
+    for section in SECTIONS:
+        a, b = _plain(seed, section), _plain(fast, section)
+        if isinstance(a, dict):
+            differing = {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
+            assert differing <= {"fast_path", "checkpoint_activations"}, (section, differing)

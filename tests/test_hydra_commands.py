@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from conftest import BIN, REPO, emulation_env, log_records, run
 
-SOURCES = [REPO / "README.md", *sorted((REPO / "configs").glob("*.yaml"))]
+SOURCES = [REPO / "README.md", *sorted((REPO / "configs").rglob("*.yaml"))]
 
 
 def documented_commands():

@@ -1,0 +1,382 @@
+#!/usr/bin/env python
+"""Training throughput: stock Fairseq against the plugin, GPT-2 on Fairseq's dummy data, one device.
+
+Every configuration trains the same model on the same device for the same number of updates, one after
+another, each in its own process (`python -m fairseq_cli.train` through a small wrapper; stock runs never load
+the plugin, plugin runs add `--user-dir <this repository>/gpt2_hpu`). Data is Fairseq's `dummy_lm` task: one
+fixed batch of `--tokens-per-sample`-token sequences over the preset's vocabulary (GPT-2's size for `seed`), so
+the input pipeline costs nothing and every configuration sees identical shapes.
+
+How tokens/s is measured: Fairseq logs one `train_inner` line per update (`--log-interval 1`); the wrapper
+stamps each with `time.perf_counter()` as it is logged. Writing that line reads the update's loss, so the host
+has waited for the device there: each stamp marks the end of an update's device work. Throughput is the
+tokens of updates W+1..N (their logged `wpb`) over the time from update W's stamp to update N's
+(`gpt2_hpu.throughput.Throughput`, warm-up W). Start-up, compilation and the first W updates fall outside
+the window; inside it everything a training loop pays is counted (batching, the optimizer, logging, updates
+skipped after an fp16 overflow: their time counts, their tokens do not, and the result says how many).
+Fairseq's own `wps` is not used: its first value covers start-up and its `wall` fields are whole seconds.
+
+MFU divides the model's training FLOPs per token (6N + 12·L·d·T, `gpt2_hpu.throughput`, counted on the stock
+model built in this process on the meta device) times tokens/s by the device's dense bf16 peak (none on CPU).
+Peak memory: `torch.cuda.max_memory_allocated()` in the child on CUDA, the child's maximum RSS on CPU.
+
+    python benchmarks/train_throughput.py --device cpu --preset tiny
+    python benchmarks/train_throughput.py --device cuda --preset seed --out results.json --log-dir logs
+
+On CPU, where other work shares the cores, the list runs twice (`--rounds`), the second time in reverse
+order, and each configuration keeps its fastest round. It prints one row per configuration, then `speedup=`
+(plugin-fast over stock-fp16 on CUDA, over stock-fp32 on CPU) and, on CPU, `overhead=` (the share of
+stock-fp32's tokens/s that plugin-fp32 loses) and `overhead_cpu_time=` (the extra CPU time per update of
+plugin-fp32: less sensitive to other work on the host than wall time). It writes a JSON file (default
+`benchmarks/results/<device>-<date>.json`). A configuration that fails shows its last log lines and is
+recorded as failed; the script then exits 1.
+"""
+import argparse
+import collections
+import datetime
+import json
+import logging
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PLUGIN_DIR = os.path.join(REPO, "gpt2_hpu")
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+# Imported before Fairseq: importing gpt2_hpu with Fairseq loaded would adapt this process's Fairseq.
+from gpt2_hpu.throughput import Throughput, fairseq_lm_flops_per_token, peak_bf16_flops  # noqa: E402
+
+# What the plugin's fast configuration adds; `--fast-flags` overrides it for one run.
+FAST_PATH_FLAGS = ["--fast-path"]
+
+# Each configuration: whether it loads the plugin, and the flags it adds to the preset's command.
+# "{fast}" stands for the fast-path flags. Add a configuration here and name it in DEVICE_CONFIGS.
+CONFIGS = {
+    "stock-fp16": (False, ["--fp16"]),
+    "stock-fp16-ckpt": (False, ["--fp16", "--checkpoint-activations"]),
+    "stock-fp32": (False, []),
+    "plugin-fp32": (True, []),
+    "plugin-fast": (True, ["{fast}"]),
+}
+DEVICE_CONFIGS = {
+    "cuda": ["stock-fp16", "stock-fp16-ckpt", "plugin-fast"],
+    "cpu": ["stock-fp32", "plugin-fp32", "plugin-fast"],
+}
+BASELINE = {"cuda": "stock-fp16", "cpu": "stock-fp32"}
+
+# The seed recipe's optimisation settings (README), on dummy data, without checkpoints or validation.
+RECIPE = [
+    "--task", "dummy_lm", "--arch", "transformer_lm_gpt", "--share-decoder-input-output-embed", "--dropout", "0.1",
+    "--optimizer", "adam", "--adam-betas", "(0.9, 0.95)", "--weight-decay", "0.1", "--clip-norm", "1.0",
+    "--lr", "0.0006", "--lr-scheduler", "cosine", "--warmup-updates", "1000", "--warmup-init-lr", "1e-07",
+    "--disable-validation", "--no-save", "--num-workers", "0", "--seed", "1",  # dummy batches need no workers
+    "--log-format", "json", "--log-interval", "1",
+]
+PRESETS = {
+    # A 2-layer, 64-wide GPT over 4,096 types: the whole pipeline in a few minutes on 2 CPU cores, with updates
+    # short enough that a per-update cost of the plugin would show.
+    "tiny": dict(model=["--dict-size", "4092", "--decoder-layers", "2", "--decoder-embed-dim", "64",
+                        "--decoder-ffn-embed-dim", "256", "--decoder-attention-heads", "2"],
+                 tokens_per_sample=64, batch_size=8, update_freq=2, updates=30, warmup=5),
+    # GPT-2 small per device as in the seed recipe: 8 x 1024 tokens, update-freq 8 (65,536 tokens an update),
+    # over 50,260 words plus Fairseq's four specials: GPT-2's dictionary.
+    "seed": dict(model=["--dict-size", "50260"], tokens_per_sample=1024, batch_size=8, update_freq=8,
+                 updates=40, warmup=10),
+}
+
+RESULT_TAG = "TRAIN_THROUGHPUT_RESULT "
+
+# Runs fairseq_cli.train unchanged, stamping each train_inner log line, then reports peak memory and versions.
+CHILD = r"""
+import json, logging, resource, sys, time
+import fairseq_cli.train as train  # sets up Fairseq's logging first
+
+marks, overflows = [], [0]
+
+class Stamp(logging.Handler):
+    def emit(self, record):
+        if record.name == "train_inner":
+            marks.append((time.perf_counter(), time.process_time(), record.getMessage()))
+        elif "overflow detected" in record.getMessage():
+            overflows[0] += 1
+
+logging.getLogger().addHandler(Stamp(logging.INFO))
+train.cli_main()
+
+import fairseq, platform, torch
+out = {"marks": [], "overflows": overflows[0], "plugin_loaded": "gpt2_hpu" in sys.modules,
+       "torch": torch.__version__, "fairseq": fairseq.__version__, "python": platform.python_version()}
+for t, cpu_t, message in marks:
+    stats = json.loads(message)
+    out["marks"].append([t, int(float(stats["num_updates"])), float(stats["wpb"]), cpu_t])
+if "--cpu" in sys.argv or not torch.cuda.is_available():
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    out.update(device_name=name, peak_mem_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+               peak_mem_kind="host max RSS")
+else:
+    out.update(device_name=torch.cuda.get_device_name(), peak_mem_bytes=torch.cuda.max_memory_allocated(),
+               peak_mem_kind="cuda max_memory_allocated")
+print("TRAIN_THROUGHPUT_RESULT " + json.dumps(out), flush=True)
+"""
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=sorted(DEVICE_CONFIGS), required=True)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    p.add_argument("--configs", help="comma-separated subset, in order (default: the device's list)")
+    p.add_argument("--updates", type=int, help="updates per configuration (default: the preset's)")
+    p.add_argument("--warmup", type=int, help="updates left out before the window opens, >= 1 "
+                                              "(default: the preset's)")
+    p.add_argument("--fast-flags", help="what plugin-fast adds, one shell-quoted string (default: %r)"
+                                        % " ".join(FAST_PATH_FLAGS))
+    p.add_argument("--out", help="results JSON (default: benchmarks/results/<device>-<date>.json)")
+    p.add_argument("--log-dir", help="keep each configuration's full log here (default: a temporary folder)")
+    p.add_argument("--rounds", type=int, help="run the list this many times, every other round in reverse "
+                                              "order, and keep each configuration's fastest round "
+                                              "(default: 2 on cpu, where other work shares the cores, 1 on cuda)")
+    p.add_argument("--config-timeout", type=float, default=900, help="seconds one configuration may run")
+    args = p.parse_args(argv)
+    preset = PRESETS[args.preset]
+    args.updates = preset["updates"] if args.updates is None else args.updates
+    args.warmup = preset["warmup"] if args.warmup is None else args.warmup
+    if args.warmup < 1 or args.warmup >= args.updates:
+        # The first update's start is not logged, so the window opens at the end of one at the earliest.
+        p.error("need 1 <= --warmup < --updates, got warmup %d, updates %d" % (args.warmup, args.updates))
+    args.configs = args.configs.split(",") if args.configs else list(DEVICE_CONFIGS[args.device])
+    unknown = [c for c in args.configs if c not in CONFIGS]
+    if unknown:
+        p.error("unknown configuration(s) %s; known: %s" % (", ".join(unknown), ", ".join(CONFIGS)))
+    args.rounds = (2 if args.device == "cpu" else 1) if args.rounds is None else args.rounds
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
+    args.fast_flags = FAST_PATH_FLAGS if args.fast_flags is None else shlex.split(args.fast_flags)
+    if args.out is None:
+        args.out = os.path.join(REPO, "benchmarks", "results",
+                                "%s-%s.json" % (args.device, datetime.date.today().isoformat()))
+    return args
+
+
+def fairseq_args(config, args):
+    """The `fairseq_cli.train` arguments of one configuration."""
+    preset = PRESETS[args.preset]
+    uses_plugin, flags = CONFIGS[config]
+    out = list(RECIPE) + preset["model"] + [
+        "--tokens-per-sample", str(preset["tokens_per_sample"]), "--batch-size", str(preset["batch_size"]),
+        "--update-freq", str(preset["update_freq"]), "--max-update", str(args.updates),
+    ]
+    if args.device == "cpu":
+        out.append("--cpu")
+    if uses_plugin:
+        out += ["--user-dir", PLUGIN_DIR]
+    for flag in flags:
+        out += args.fast_flags if flag == "{fast}" else [flag]
+    return out
+
+
+def model_flops_per_token(args):
+    """Training FLOPs per token of the preset's model, built (stock, on the meta device) from its arguments."""
+    import torch
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    fs_args = [a for a in fairseq_args(BASELINE[args.device], args) if a != "--fp16"]
+    # Hydra's deprecation notes and Fairseq's set-up lines would bury the benchmark's own output.
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parser = options.get_training_parser()
+            cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, input_args=fs_args))
+            task = tasks.setup_task(cfg.task)
+            with torch.device("meta"):
+                model = task.build_model(cfg.model)
+    finally:
+        logging.disable(logging.NOTSET)
+    return fairseq_lm_flops_per_token(model, PRESETS[args.preset]["tokens_per_sample"])
+
+
+def measure(marks, warmup, flops_per_token=None, peak_flops=None):
+    """Replay the child's stamped updates `[(time, num_updates, tokens[, process time]), ...]` through a
+    `Throughput`."""
+    now = [None]
+    meter = Throughput(warmup_updates=warmup, flops_per_token=flops_per_token, peak_flops=peak_flops,
+                       clock=lambda: now[0])
+    done = 0
+    for t, num_updates, tokens, *_ in marks:
+        now[0] = t
+        meter.update(tokens, updates=num_updates - done)
+        done = num_updates
+    summary = meter.summary()
+    # The median update shows what contention on a shared host does to the mean.
+    window = [m for m in marks if m[1] >= warmup]
+    steps = [(b[0] - a[0]) / (b[1] - a[1]) for a, b in zip(window, window[1:])]
+    summary["median_update_s"] = statistics.median(steps) if steps else None
+    if len(window) > 1 and len(window[0]) > 3:
+        # The child's CPU time per update: what the work costs, whatever else wants the cores meanwhile.
+        summary["cpu_s_per_update"] = (window[-1][3] - window[0][3]) / (window[-1][1] - window[0][1])
+    return summary
+
+
+def run_config(config, args, log_path, flops_per_token):
+    """Train one configuration in a child process; its numbers, or its failure and last log lines."""
+    cmd = [sys.executable, "-c", CHILD] + fairseq_args(config, args)
+    # The command as a person would type it from the repository root (the wrapper only adds measurements).
+    shown = ["python", "-m", "fairseq_cli.train"] + [os.path.relpath(a, REPO) if a == PLUGIN_DIR else a
+                                                     for a in cmd[3:]]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    record = {"command": " ".join(shlex.quote(a) for a in shown), "log": os.path.basename(log_path), "ok": False}
+    began = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=args.work_dir,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=args.config_timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            rc = "timeout after %gs" % args.config_timeout
+    record["process_s"] = round(time.perf_counter() - began, 1)
+    with open(log_path, errors="replace") as log:
+        lines = log.read().splitlines()
+    child = next((json.loads(ln[len(RESULT_TAG):]) for ln in reversed(lines) if ln.startswith(RESULT_TAG)), None)
+    if rc != 0 or child is None:
+        record["error"] = "exit status %s" % rc if rc != 0 else "no result line"
+        record["last_lines"] = lines[-25:]
+        return record
+    if len(child["marks"]) <= args.warmup or child["marks"][-1][1] <= args.warmup:
+        record["error"] = "only %d updates logged, warm-up is %d" % (len(child["marks"]), args.warmup)
+        record["last_lines"] = lines[-25:]
+        return record
+    if child["plugin_loaded"] != CONFIGS[config][0]:
+        record["error"] = "plugin %s, expected %s" % (
+            "loaded" if child["plugin_loaded"] else "not loaded", "loaded" if CONFIGS[config][0] else "not")
+        return record
+    peak = peak_bf16_flops(child["device_name"]) if args.device != "cpu" else None
+    record.update(measure(child["marks"], args.warmup, flops_per_token, peak))
+    record.update(ok=True, device_name=child["device_name"], peak_flops=peak,
+                  peak_mem_gb=round(child["peak_mem_bytes"] / 2 ** 30, 3), peak_mem_kind=child["peak_mem_kind"],
+                  updates_logged=child["marks"][-1][1], overflow_skipped_updates=child["overflows"],
+                  torch=child["torch"], fairseq=child["fairseq"], python=child["python"])
+    return record
+
+
+def best_rounds(runs):
+    """One record per configuration: its fastest round, with every round's tokens/s; failed if any failed."""
+    records = collections.OrderedDict()
+    for config, rounds in runs.items():
+        failed = [r for r in rounds if not r.get("ok")]
+        best = failed[0] if failed else max(rounds, key=lambda r: r["tokens_per_s"])
+        records[config] = dict(best, rounds_tokens_per_s=[r.get("tokens_per_s") for r in rounds])
+    return records
+
+
+def summarize(args, records, flops_per_token):
+    """The results document: per-configuration numbers, `speedup` and, on CPU, `overhead`."""
+    def rate(name):
+        r = records.get(name)
+        return r["tokens_per_s"] if r and r.get("ok") else None
+
+    base, fast = rate(BASELINE[args.device]), rate("plugin-fast")
+    ok = [r for r in records.values() if r.get("ok")]
+    doc = collections.OrderedDict(
+        device=ok[0]["device_name"] if ok else None, device_kind=args.device, preset=args.preset,
+        date=datetime.date.today().isoformat(), updates=args.updates, warmup=args.warmup, rounds=args.rounds,
+        baseline=BASELINE[args.device], speedup=round(fast / base, 3) if base and fast else None,
+    )
+    if args.device == "cpu":
+        plugin = rate("plugin-fp32")
+        doc["overhead"] = round(1 - plugin / base, 4) if base and plugin else None
+        cost = [records.get(c, {}).get("cpu_s_per_update") for c in (BASELINE["cpu"], "plugin-fp32")]
+        doc["overhead_cpu_time"] = round(cost[1] / cost[0] - 1, 4) if all(cost) else None
+    if hasattr(os, "getloadavg"):
+        # Other work on the host shows here: a load above the core count makes CPU numbers noise.
+        doc.update(cores=os.cpu_count(), load_avg_1m_at_end=round(os.getloadavg()[0], 2))
+    doc.update(flops_per_token=flops_per_token, fast_flags=args.fast_flags,
+               torch=ok[0]["torch"] if ok else None, fairseq=ok[0]["fairseq"] if ok else None,
+               python=ok[0]["python"] if ok else None, all_ok=all(r.get("ok") for r in records.values()),
+               configs=records)
+    return doc
+
+
+def report_lines(doc):
+    """The table and the `speedup=` / `overhead=` lines printed at the end."""
+    lines = ["%-16s %12s %7s %9s %8s %12s %9s" % (
+        "config", "tokens/s", "MFU", "peak GB", "counted", "median s/upd", "process s")]
+    for name, r in doc["configs"].items():
+        if not r.get("ok"):
+            lines.append("%-16s FAILED: %s" % (name, r.get("error")))
+            continue
+        mfu = "%.1f%%" % (100 * r["mfu"]) if r["mfu"] is not None else "-"
+        lines.append("%-16s %12.1f %7s %9.3f %8d %12.4f %9.1f" % (
+            name, r["tokens_per_s"], mfu, r["peak_mem_gb"], r["counted_updates"], r["median_update_s"],
+            r["process_s"]))
+    lines.append("device=%s" % doc["device"])
+    lines.append("speedup=%s" % ("%.3f" % doc["speedup"] if doc["speedup"] is not None else "n/a"))
+    for key in ("overhead", "overhead_cpu_time"):
+        if key in doc:
+            lines.append("%s=%s" % (key, "%+.1f%%" % (100 * doc[key]) if doc[key] is not None else "n/a"))
+    return lines
+
+
+def write_results(path, doc):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        fpt = model_flops_per_token(args)
+    except Exception as e:  # MFU is optional: tokens/s is still worth measuring
+        print("MFU unavailable: could not build the model here (%s)" % e, flush=True)
+        fpt = None
+    print("preset=%s device=%s updates=%d warmup=%d flops/token=%s configs=%s" % (
+        args.preset, args.device, args.updates, args.warmup, "%.4g" % fpt if fpt else "n/a",
+        ",".join(args.configs)), flush=True)
+    log_dir = args.log_dir or tempfile.mkdtemp(prefix="train-throughput-")
+    os.makedirs(log_dir, exist_ok=True)
+    # Fairseq makes its checkpoint folder even with --no-save: keep it out of the logs and the repository.
+    args.work_dir = tempfile.mkdtemp(prefix="train-throughput-work-")
+    runs = collections.OrderedDict((c, []) for c in args.configs)
+    for round_ in range(args.rounds):
+        # Reversing every other round keeps a load that drifts during the run from favouring one position.
+        for config in args.configs if round_ % 2 == 0 else args.configs[::-1]:
+            print("running %s (round %d of %d) ..." % (config, round_ + 1, args.rounds), flush=True)
+            name = config if args.rounds == 1 else "%s.round%d" % (config, round_ + 1)
+            r = run_config(config, args, os.path.join(log_dir, name + ".log"), fpt)
+            runs[config].append(r)
+            if r["ok"]:
+                print("  %s: %.1f tokens/s over %d updates (%.2f s), %.1f s in all" % (
+                    config, r["tokens_per_s"], r["counted_updates"], r["seconds"], r["process_s"]), flush=True)
+            else:
+                print("  %s FAILED (%s); log %s, last lines:" % (
+                    config, r["error"], os.path.join(log_dir, r["log"])), flush=True)
+                for line in r.get("last_lines", []):
+                    print("    | " + line, flush=True)
+    shutil.rmtree(args.work_dir, ignore_errors=True)
+    doc = summarize(args, best_rounds(runs), fpt)
+    write_results(args.out, doc)
+    for line in report_lines(doc):
+        print(line, flush=True)
+    print("results: %s" % args.out, flush=True)
+    return 0 if doc["all_ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

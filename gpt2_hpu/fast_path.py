@@ -155,11 +155,12 @@ def _capture_recompile_reasons(sink):
 
 
 def make_speed_meter(cfg, model, device_name):
-    """The tokens/s and MFU meter of the `train_inner` lines (see throughput.py)."""
+    """The meter behind the `tok_s` (this device's tokens/s) and `mfu` fields of `train_inner` lines: updates
+    after the first `--speed-warmup-updates`, validation and checkpoint time left out (throughput.py)."""
     from gpt2_hpu import throughput
 
     seq_len = int(getattr(cfg.task, "tokens_per_sample", 0) or 0)
     return throughput.Throughput(
+        warmup_updates=int(getattr(cfg.common, "speed_warmup_updates", 10)),
         flops_per_token=throughput.fairseq_lm_flops_per_token(model, seq_len) if seq_len else None,
-        peak_flops=throughput.peak_bf16_flops(device_name) if device_name else None,
-        warmup_updates=int(getattr(cfg.common, "speed_warmup_updates", 10)))
+        peak_flops=throughput.peak_bf16_flops(device_name) if device_name else None)

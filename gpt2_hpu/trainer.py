@@ -159,11 +159,12 @@ class PluginTrainer(Trainer):
 
     # --- steps ------------------------------------------------------------------------------------------
     def train_step(self, samples, raise_oom=False):
-        self.speed.start_update()
         logging_output = super().train_step(samples, raise_oom)
         self._log_zero_shards_once()
         if logging_output is not None:
-            self.speed.end_update(stats.tokens_in(samples), self.get_num_updates())
+            # The host waited for this update's backward (Fairseq's finite-gradient check), so the host clock
+            # lags the device by at most one optimizer step here.
+            self.speed.update(stats.tokens_in(samples))
             self._log_speed()
         return logging_output
 
@@ -179,10 +180,10 @@ class PluginTrainer(Trainer):
             return super().save_checkpoint(filename, extra_state)
 
     def _log_speed(self):
-        rate = self.speed.tokens_per_second()
+        rate = self.speed.tokens_per_second
         if rate is not None:
             metrics.log_scalar("tok_s", rate, priority=1300, round=0, weight=0)
-            mfu = self.speed.mfu()
+            mfu = self.speed.mfu
             if mfu is not None:
                 metrics.log_scalar("mfu", 100.0 * mfu, priority=1310, round=1, weight=0)
         peak = self.peak_memory()

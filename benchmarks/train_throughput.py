@@ -65,9 +65,11 @@ CONFIGS = {
     "stock-fp32": (False, []),
     "plugin-fp32": (True, []),
     "plugin-fast": (True, ["{fast}"]),
+    # the fast path's kernels and bf16 without torch.compile: what compilation adds
+    "plugin-fast-eager": (True, ["--bf16", "--fused-attention", "--optimizer", "fused_adamw"]),
 }
 DEVICE_CONFIGS = {
-    "cuda": ["stock-fp16", "stock-fp16-ckpt", "plugin-fast"],
+    "cuda": ["stock-fp16", "plugin-fast", "plugin-fast-eager", "stock-fp16-ckpt"],
     "cpu": ["stock-fp32", "plugin-fp32", "plugin-fast"],
 }
 BASELINE = {"cuda": "stock-fp16", "cpu": "stock-fp32"}

@@ -110,7 +110,7 @@ def distributed_launch():
 
     @functools.wraps(original)
     def call_main(cfg, main, **kwargs):
-        return distributed.call_main(cfg, main, original, **kwargs)
+        return distributed.call_main(cfg, main, original, apply, **kwargs)
 
     distributed_utils.call_main = call_main
 
@@ -119,7 +119,7 @@ def config_checks():
     import fairseq.distributed.utils as distributed_utils
 
     from gpt2_hpu import checks
-    from gpt2_hpu.errors import UsageError, exit_with
+    from gpt2_hpu.errors import UsageError
 
     launch = distributed_utils.call_main
 
@@ -128,7 +128,7 @@ def config_checks():
         try:
             checks.check(cfg)
         except UsageError as e:
-            exit_with(str(e))
+            e.exit()
         return launch(cfg, main, **kwargs)
 
     distributed_utils.call_main = call_main

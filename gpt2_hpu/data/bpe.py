@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 
-from gpt2_hpu.data.errors import PrepareError
+from gpt2_hpu.errors import PrepareError
 
 GPT2_PATTERN = (
     r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""

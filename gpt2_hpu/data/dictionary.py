@@ -16,7 +16,7 @@ Reproduces ``fairseq.data.Dictionary`` as used by ``fairseq-preprocess --only-so
 
 import numpy as np
 
-from gpt2_hpu.data.errors import PrepareError
+from gpt2_hpu.errors import PrepareError
 
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 EOS_INDEX = 2

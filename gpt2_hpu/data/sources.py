@@ -36,7 +36,7 @@ import sys
 import tarfile
 import zlib
 
-from gpt2_hpu.data.errors import PrepareError
+from gpt2_hpu.errors import PrepareError
 
 DEMO_SPEC = "pydoc:topics"
 _NEWLINES = re.compile(r"\r\n|\r|\n")

@@ -81,13 +81,6 @@ def test_demo_corpus_in_process_and_loadable_by_fairseq(tmp_path, capsys):
     assert "already complete" in capsys.readouterr().out
 
 
-def test_demo_corpus_writer(tmp_path):
-    from gpt2_hpu.data.demo_corpus import write_demo_corpus
-
-    paths = write_demo_corpus(tmp_path / "txt")
-    assert len(paths) == len(topic_texts()) and all(p.endswith(".txt") for p in paths)
-
-
 def test_openwebtext_archive_equals_shard_folder_and_reports_bad_input(owt, tmp_path):
     a, b = tmp_path / "from_archive", tmp_path / "from_folder"
     r = run_prepare("--input", owt["archive"], "--destdir", a, "--split", "70,15,15")

@@ -14,10 +14,10 @@ exactly like Fairseq's ``gpt2`` BPE encoder does.
 """
 
 import base64
-import hashlib
 import json
 import os
 
+from gpt2_hpu.data.common import sha256_files
 from gpt2_hpu.errors import PrepareError
 
 GPT2_PATTERN = (
@@ -42,15 +42,6 @@ def bytes_to_unicode():
             table[b] = chr(256 + extra)
             extra += 1
     return table
-
-
-def _sha256_files(paths):
-    h = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
 
 
 def load_tiktoken_ranks(path):
@@ -143,7 +134,7 @@ class VocabSource:
         """A stable id of the vocabulary content (goes into the manifest)."""
         if self.kind == "tiktoken-builtin":
             return f"tiktoken:{self.name}"
-        return "sha256:" + _sha256_files(self.paths)
+        return "sha256:" + sha256_files(self.paths)
 
     def describe(self):
         if self.kind == "tiktoken-builtin":

@@ -37,7 +37,6 @@ DTYPE_CODES = {
     np.dtype(np.uint32): 9,
     np.dtype(np.uint64): 10,
 }
-CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
 BLOCK = 1 << 16  # elements per block when streaming sizes / pointers
 
 
@@ -73,26 +72,3 @@ def write_index(idx_path, dtype, sizes_path):
                     address = int(ends[-1])
         out.flush()
         os.fsync(out.fileno())
-
-
-def read_index(idx_path):
-    """Return ``(dtype, sizes, pointers)`` of an ``.idx`` file (numpy arrays)."""
-    with open(idx_path, "rb") as f:
-        if f.read(9) != MAGIC:
-            raise ValueError(f"{idx_path} is not a Fairseq mmap index")
-        (version,) = struct.unpack("<Q", f.read(8))
-        if version != VERSION:
-            raise ValueError(f"{idx_path}: unsupported version {version}")
-        (code,) = struct.unpack("<B", f.read(1))
-        (n,) = struct.unpack("<Q", f.read(8))
-        sizes = np.frombuffer(f.read(4 * n), dtype=np.int32)
-        pointers = np.frombuffer(f.read(8 * n), dtype=np.int64)
-    return CODE_DTYPES[code], sizes, pointers
-
-
-def read_sequences(prefix):
-    """Yield every sequence of ``prefix.bin/.idx`` as an int64 numpy array (for checks)."""
-    dtype, sizes, pointers = read_index(prefix + ".idx")
-    data = np.memmap(prefix + ".bin", dtype=np.uint8, mode="r") if os.path.getsize(prefix + ".bin") else b""
-    for ptr, size in zip(pointers, sizes):
-        yield np.frombuffer(data, dtype=dtype, count=int(size), offset=int(ptr)).astype(np.int64)

@@ -32,10 +32,11 @@ import json
 import lzma
 import os
 import re
-import sys
 import tarfile
 import zlib
 
+from gpt2_hpu.data.common import warn
+from gpt2_hpu.data.demo_corpus import demo_documents, demo_fingerprint
 from gpt2_hpu.errors import PrepareError
 
 DEMO_SPEC = "pydoc:topics"
@@ -51,8 +52,6 @@ class SourceStats:
     def __init__(self, **values):
         for name in self.FIELDS:
             setattr(self, name, int(values.get(name, 0)))
-        self.warnings = []
-
         self._baseline = {name: 0 for name in self.FIELDS}
 
     def to_dict(self):
@@ -97,11 +96,6 @@ def split_of(seed, key, cumulative):
     return len(cumulative) - 1
 
 
-def _warn(stats, message):
-    stats.warnings.append(message)
-    print(f"gpt2-hpu-prepare: warning: {message}", file=sys.stderr, flush=True)
-
-
 def _shard_documents(fileobj, shard_name, stats):
     """All ``(key, bytes)`` documents of one xz tar shard, or None when it is corrupt."""
     docs = []
@@ -112,7 +106,7 @@ def _shard_documents(fileobj, shard_name, stats):
                     docs.append((f"{shard_name}/{member.name}", tar.extractfile(member).read()))
     except _SHARD_ERRORS as e:
         stats.corrupt_shards += 1
-        _warn(stats, f"skipping corrupt shard {shard_name} ({type(e).__name__}: {e})")
+        warn(f"skipping corrupt shard {shard_name} ({type(e).__name__}: {e})")
         return None
     return docs
 
@@ -127,16 +121,8 @@ def _open_maybe_compressed(path):
     return open(path, "rb")
 
 
-def _is_jsonl(path):
-    return re.search(r"\.jsonl?(\.(gz|xz|bz2))?$", path) is not None
-
-
-def _is_archive(path):
-    return re.search(r"\.(tar|tar\.xz|txz|tar\.gz|tgz|tar\.bz2)$", path) is not None
-
-
-def _jsonl_documents(path, stats):
-    name = os.path.basename(path)
+def _jsonl_documents(path, name, stats):
+    name = os.path.basename(name)
     try:
         with _open_maybe_compressed(path) as f:
             for lineno, raw in enumerate(f, 1):
@@ -155,7 +141,7 @@ def _jsonl_documents(path, stats):
         raise PrepareError(f"cannot read {path}: {type(e).__name__}: {e}")
 
 
-def _archive_documents(path, stats):
+def _archive_documents(path, name, stats):
     try:
         with tarfile.open(path, mode="r|*") as outer:
             for member in outer:
@@ -175,33 +161,53 @@ def _archive_documents(path, stats):
         )
 
 
-def _folder_documents(path, stats):
-    files = []
-    for root, dirs, names in os.walk(path):
+def _shard_file_documents(path, name, stats):
+    with open(path, "rb") as f:
+        docs = _shard_documents(f, os.path.basename(name), stats)
+    yield from docs or ()
+
+
+def _text_documents(path, name, stats):
+    with open(path, "rb") as f:
+        yield name, f.read()
+
+
+# The input formats, tried in order (an archive's name also ends in .xz): the pattern its file name matches,
+# its reader, and whether it is read inside a folder too. A reader takes (path, name, stats), where name is
+# the file's base name, or its path relative to the folder given, and yields (key, text or bytes).
+_FORMATS = (
+    (re.compile(r"\.(tar|tar\.xz|txz|tar\.gz|tgz|tar\.bz2)$"), _archive_documents, False),
+    (re.compile(r"\.jsonl?(\.(gz|xz|bz2))?$"), _jsonl_documents, True),
+    (re.compile(r"\.xz$"), _shard_file_documents, True),
+    (re.compile(r"\.txt$"), _text_documents, True),
+)
+FORMATS_HELP = ".tar.xz archive, .xz shard, .jsonl, .txt or a folder"
+
+
+def _reader(path, in_folder=False):
+    """The reader for the file at `path`, or None when its format is not one of _FORMATS."""
+    for pattern, reader, in_folders in _FORMATS:
+        if pattern.search(path) and (in_folders or not in_folder):
+            return reader
+    return None
+
+
+def _walk(spec):
+    """The files of `spec` in sorted path order (hidden ones left out), or `[spec]` for a file."""
+    if not os.path.isdir(spec):
+        return [spec]
+    out = []
+    for root, dirs, names in os.walk(spec):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        files.extend(os.path.join(root, n) for n in names if not n.startswith("."))
-    for file in sorted(files):
-        rel = os.path.relpath(file, path).replace(os.sep, "/")
-        if file.endswith(".txt"):
-            with open(file, "rb") as f:
-                yield rel, f.read()
-        elif _is_jsonl(file):
-            yield from _jsonl_documents(file, stats)
-        elif file.endswith(".xz"):
-            with open(file, "rb") as f:
-                docs = _shard_documents(f, os.path.basename(file), stats)
-            for key, data in docs or ():
-                yield key, data
+        out.extend(os.path.join(root, n) for n in names if not n.startswith("."))
+    return sorted(out)
 
 
-def _input_files(spec):
-    if os.path.isdir(spec):
-        out = []
-        for root, dirs, names in os.walk(spec):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            out.extend(os.path.join(root, n) for n in names if not n.startswith("."))
-        return sorted(out)
-    return [spec]
+def _folder_documents(path, stats):
+    for file in _walk(path):
+        reader = _reader(file, in_folder=True)
+        if reader is not None:
+            yield from reader(file, os.path.relpath(file, path).replace(os.sep, "/"), stats)
 
 
 class RawCorpus:
@@ -214,24 +220,18 @@ class RawCorpus:
                 continue
             if not os.path.exists(spec):
                 raise PrepareError(f"input {spec} not found")
-            if os.path.isfile(spec) and not (
-                _is_archive(spec) or _is_jsonl(spec) or spec.endswith((".xz", ".txt"))
-            ):
-                raise PrepareError(
-                    f"input {spec}: unknown format (expected .tar.xz archive, .xz shard, .jsonl, .txt or a folder)"
-                )
+            if os.path.isfile(spec) and _reader(spec) is None:
+                raise PrepareError(f"input {spec}: unknown format (expected {FORMATS_HELP})")
 
     def fingerprint(self):
         """Identity of the inputs: names, sizes and modification times (not content hashes)."""
         out = []
         for spec in self.specs:
             if spec == DEMO_SPEC:
-                from gpt2_hpu.data.demo_corpus import demo_fingerprint
-
                 out.append({"input": spec, "content": demo_fingerprint()})
                 continue
             h = hashlib.sha256()
-            for file in _input_files(spec):
+            for file in _walk(spec):
                 st = os.stat(file)
                 h.update(f"{os.path.relpath(file, spec)}\x00{st.st_size}\x00{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
             out.append({"input": os.path.abspath(spec), "files": h.hexdigest()})
@@ -240,23 +240,11 @@ class RawCorpus:
     def _raw_documents(self, stats):
         for spec in self.specs:
             if spec == DEMO_SPEC:
-                from gpt2_hpu.data.demo_corpus import demo_documents
-
-                for key, text in demo_documents():
-                    yield key, text
+                yield from demo_documents()
             elif os.path.isdir(spec):
                 yield from _folder_documents(spec, stats)
-            elif _is_archive(spec):
-                yield from _archive_documents(spec, stats)
-            elif _is_jsonl(spec):
-                yield from _jsonl_documents(spec, stats)
-            elif spec.endswith(".xz"):
-                with open(spec, "rb") as f:
-                    docs = _shard_documents(f, os.path.basename(spec), stats)
-                yield from docs or ()
             else:
-                with open(spec, "rb") as f:
-                    yield os.path.basename(spec), f.read()
+                yield from _reader(spec)(spec, os.path.basename(spec), stats)
 
     def documents(self, stats, skip=0):
         """Yield ``(ordinal, key, text)``; ``text`` is None for a skipped (blank) document.

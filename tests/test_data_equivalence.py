@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from data_helpers import (
+from helpers import (
     load_fairseq_sequences,
     run_prepare,
     stock_encode,

@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from data_helpers import load_fairseq_sequences, run_prepare, topic_texts, write_text_corpus
+from helpers import load_fairseq_sequences, run_prepare, topic_texts, write_text_corpus
 
 OUTPUTS = ("dict.txt", "train.bin", "train.idx", "valid.bin", "valid.idx", "test.bin", "test.idx")
 
@@ -206,7 +206,7 @@ def test_prepare_starts_without_torch_or_fairseq():
     import subprocess
     import sys
 
-    from data_helpers import REPO
+    from helpers import REPO
 
     code = (
         "import sys, runpy\n"

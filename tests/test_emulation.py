@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from conftest import emulation_env
+from helpers import emulation_env
 
 
 def _python(code, devices=2, mode="lazy", **env):

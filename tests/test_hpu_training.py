@@ -1,19 +1,7 @@
 """An emulated --hpu run trains, and what it saves is an ordinary Fairseq checkpoint."""
 import sys
 
-from conftest import PACKAGE_DIR, TINY_MODEL, emulation_env, fairseq_train, log_records, run
-
-# Stock Fairseq in a process where the plugin cannot be imported, whatever a checkpoint's user_dir says.
-BLOCK_PLUGIN = """
-import sys
-
-class NoPlugin:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "gpt2_hpu":
-            raise ImportError("gpt2_hpu is blocked in this process")
-
-sys.meta_path.insert(0, NoPlugin())
-"""
+from helpers import BLOCK_PLUGIN, PACKAGE_DIR, TINY_MODEL, emulation_env, fairseq_train, log_records, run
 
 STOCK_VALIDATE = BLOCK_PLUGIN + """
 from fairseq_cli.validate import cli_main

@@ -4,11 +4,10 @@ import os
 
 import numpy as np
 
-from gpt2_hpu.data.dictionary import TokenDictionary
+from gpt2_hpu.data.dictionary import UNK_INDEX, TokenDictionary
 from gpt2_hpu.data.indexed import best_fitting_dtype, write_index
 from gpt2_hpu.data.spool import Spool
 
-UNK = 3  # the index of <unk> in every Fairseq dictionary
 
 
 def build_dictionary(args, spools, encoder):
@@ -34,7 +33,7 @@ def binarize(args, workdir, out_dir, split_names, encoder):
         with open(os.path.join(out_dir, name + ".bin"), "wb") as out:
             for block in spool.iter_raw_blocks():
                 ids = table[block]
-                unk += int(np.count_nonzero(ids == UNK))
+                unk += int(np.count_nonzero(ids == UNK_INDEX))
                 out.write(ids.tobytes())
             out.flush()
             os.fsync(out.fileno())

@@ -3,7 +3,7 @@ import shlex
 
 from omegaconf import OmegaConf
 
-from conftest import REPO
+from helpers import REPO
 
 SEED_COMMAND = """/data/owt --distributed-world-size 8 --hpu --num-workers 2 --task language_modeling
  --arch transformer_lm_gpt --share-decoder-input-output-embed --dropout 0.1

@@ -25,7 +25,6 @@ import random
 import subprocess
 import sys
 import tempfile
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
@@ -116,7 +115,8 @@ def main():
                                       "--trainpref", bpe_file, "--destdir", stock_dir, "--workers", args.workers])
             t_stock = t_enc + t_pre
             print(f"stock: {t_stock:7.2f} s  {tokens / t_stock:>10,.0f} tok/s  "
-                  f"(encoder {t_enc:.2f} s + fairseq-preprocess {t_pre:.2f} s; peak RSS {max(rss_enc, rss_pre):.0f} MiB)")
+                  f"(encoder {t_enc:.2f} s + fairseq-preprocess {t_pre:.2f} s; "
+                  f"peak RSS {max(rss_enc, rss_pre):.0f} MiB)")
             identical = same_files(ours_dir, stock_dir, ["dict.txt", "train.bin", "train.idx"])
             print(f"outputs identical: {identical}")
             print(f"speed-up end to end: {t_stock / t_ours:.1f}x")

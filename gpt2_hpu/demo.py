@@ -78,6 +78,7 @@ def train(device, data_dir, save_dir, workdir, config_dir, extra_overrides):
 
 def sample(checkpoint, data_dir, prompt, tokens=60, seed=0):
     import torch
+
     from fairseq import checkpoint_utils
 
     from gpt2_hpu.data.bpe import VocabSource
@@ -148,7 +149,7 @@ def _run(argv):
     if train_losses:
         print(f"train loss (bits)   {train_losses[0]:.2f} -> {train_losses[-1]:.2f}  ({len(train_losses)} log lines)")
     if valid_losses:
-        print(f"valid loss (bits)   " + " -> ".join(f"{v:.2f}" for v in valid_losses))
+        print("valid loss (bits)   " + " -> ".join(f"{v:.2f}" for v in valid_losses))
     print(f"checkpoint          {checkpoint}")
     print(f"sample              {text!r}")
     return 0

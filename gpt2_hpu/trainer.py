@@ -82,8 +82,9 @@ class HpuTrainer(Trainer):
                 and self.cfg.distributed_training.ddp_backend in ("c10d", "pytorch_ddp"))
 
     def _deviceless_ddp(self, module):
-        from fairseq.distributed import ModuleProxyWrapper
         from torch.nn.parallel import DistributedDataParallel
+
+        from fairseq.distributed import ModuleProxyWrapper
 
         dt = self.cfg.distributed_training
         ddp = DistributedDataParallel(

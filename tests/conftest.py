@@ -5,6 +5,7 @@ import pytest
 # Fairseq and torch are imported in the fixtures only: collecting the fast layer (tests/unit) must not load them.
 def _write_split(path, lines, dictionary):
     import torch
+
     from fairseq.data import indexed_dataset
 
     builder = indexed_dataset.make_builder(str(path) + ".bin", "mmap", vocab_size=len(dictionary))
@@ -16,8 +17,9 @@ def _write_split(path, lines, dictionary):
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """Python's own reference-manual text (pydoc_data), whitespace-tokenized, binarized for Fairseq."""
-    from fairseq.data import Dictionary
     from pydoc_data.topics import topics
+
+    from fairseq.data import Dictionary
 
     lines = [ln.strip() for text in topics.values() for ln in text.splitlines() if ln.strip()]
     train, valid = lines[:2500], lines[2500:2700]

@@ -130,12 +130,14 @@ def test_presplit_keeps_empty_lines_and_replaces_bad_utf8(tmp_path):
 
 def test_missing_vocabulary_and_inputs_are_one_line_errors(tmp_path):
     train = write_text_corpus(tmp_path / "t.txt", ["if"])
-    _assert_one_line_error(run_prepare("--trainpref", train, "--destdir", tmp_path / "o", "--vocab", tmp_path / "nope.tiktoken"), 1)
+    _assert_one_line_error(
+        run_prepare("--trainpref", train, "--destdir", tmp_path / "o", "--vocab", tmp_path / "nope.tiktoken"), 1)
     _assert_one_line_error(run_prepare("--trainpref", train, "--destdir", tmp_path / "o",
                                        "--encoder-json", tmp_path / "e.json", "--vocab-bpe", tmp_path / "v.bpe"), 1)
     _assert_one_line_error(run_prepare("--trainpref", tmp_path / "missing.txt", "--destdir", tmp_path / "o"), 1)
     _assert_one_line_error(run_prepare("--input", tmp_path / "missing.tar.xz", "--destdir", tmp_path / "o"), 1)
-    _assert_one_line_error(run_prepare("--trainpref", train, "--srcdict", tmp_path / "dict.txt", "--destdir", tmp_path / "o"), 1)
+    _assert_one_line_error(
+        run_prepare("--trainpref", train, "--srcdict", tmp_path / "dict.txt", "--destdir", tmp_path / "o"), 1)
     bad_vocab = tmp_path / "bad.tiktoken"
     bad_vocab.write_text("this is not a rank file\n")
     _assert_one_line_error(run_prepare("--trainpref", train, "--destdir", tmp_path / "o", "--vocab", bad_vocab), 1)

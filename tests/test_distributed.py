@@ -5,13 +5,11 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 
-from helpers import (BIN, BLOCK_PLUGIN, PACKAGE_DIR, REPO, TINY_MODEL, emulation_env, fairseq_train, log_records,
-                     run)
-
 from gpt2_hpu.distributed import free_port
+
+from helpers import BIN, BLOCK_PLUGIN, PACKAGE_DIR, REPO, TINY_MODEL, emulation_env, fairseq_train, log_records, run
 
 STOCK_TRAIN = BLOCK_PLUGIN + """
 from fairseq_cli.train import cli_main

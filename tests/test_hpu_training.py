@@ -31,7 +31,8 @@ def test_emulated_hpu_trains_and_stock_fairseq_loads_the_checkpoint(tiny_data, t
                 "--log-format", "json", "--valid-subset", "valid"], env=emulation_env(0, None))
     assert proc.returncode == 0, proc.output[-3000:]
     validated = log_records(proc.output, "valid")
-    assert validated and abs(float(validated[-1]["valid_loss"]) - min(valid)) < 1e-3, (validated, log_records(out, "valid"))
+    assert validated and abs(float(validated[-1]["valid_loss"]) - min(valid)) < 1e-3, \
+        (validated, log_records(out, "valid"))
 
     # The checkpoint holds plain CPU tensors and records the run's HPU settings.
     probe = ("import sys, torch; s = torch.load(sys.argv[1], map_location='meta', weights_only=False); "

@@ -9,7 +9,6 @@ from gpt2_hpu.data.indexed import best_fitting_dtype, write_index
 from gpt2_hpu.data.spool import Spool
 
 
-
 def build_dictionary(args, spools, encoder):
     """`--srcdict` as given, or the dictionary fairseq-preprocess would build from the train split's ids."""
     if args.srcdict:

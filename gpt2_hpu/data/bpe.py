@@ -49,7 +49,7 @@ def load_tiktoken_ranks(path):
     ranks = {}
     try:
         with open(path, "rb") as f:
-            for lineno, line in enumerate(f, 1):
+            for lineno, line in enumerate(f, 1):  # noqa: B007 (the error below names the line)
                 line = line.strip()
                 if not line:
                     continue
@@ -58,9 +58,9 @@ def load_tiktoken_ranks(path):
     except FileNotFoundError:
         raise PrepareError(
             f"vocabulary file {path} not found; pass --vocab with an existing .tiktoken file"
-        )
+        ) from None
     except (ValueError, TypeError):
-        raise PrepareError(f"vocabulary file {path} is not a .tiktoken rank file (line {lineno})")
+        raise PrepareError(f"vocabulary file {path} is not a .tiktoken rank file (line {lineno})") from None
     if not ranks:
         raise PrepareError(f"vocabulary file {path} is empty")
     return ranks
@@ -83,7 +83,7 @@ def load_encoder_json_ranks(encoder_json, vocab_bpe):
         with open(vocab_bpe, "r", encoding="utf-8") as f:
             merges = [tuple(m.split()) for m in f.read().split("\n")[1:-1]]
     except (ValueError, UnicodeDecodeError) as e:
-        raise PrepareError(f"cannot read {encoder_json} / {vocab_bpe}: {e}")
+        raise PrepareError(f"cannot read {encoder_json} / {vocab_bpe}: {e}") from None
     ranks, specials = {}, {}
     for token, rank in encoder.items():
         if token.startswith("<|") and token.endswith("|>"):
@@ -92,7 +92,7 @@ def load_encoder_json_ranks(encoder_json, vocab_bpe):
         try:
             ranks[bytes(decoder[c] for c in token)] = int(rank)
         except KeyError:
-            raise PrepareError(f"{encoder_json}: token {token!r} is not GPT-2 byte-level BPE")
+            raise PrepareError(f"{encoder_json}: token {token!r} is not GPT-2 byte-level BPE") from None
     for i, merge in enumerate(merges):
         if len(merge) != 2:
             raise PrepareError(f"{vocab_bpe}: line {i + 2} is not a merge pair")
@@ -146,7 +146,7 @@ class VocabSource:
         try:
             import tiktoken
         except ImportError:
-            raise PrepareError("tiktoken is not installed; run: pip install tiktoken")
+            raise PrepareError("tiktoken is not installed; run: pip install tiktoken") from None
         if self.kind == "tiktoken-builtin":
             try:
                 return tiktoken.get_encoding(self.name)
@@ -154,7 +154,7 @@ class VocabSource:
                 raise PrepareError(
                     f"cannot load tiktoken encoding {self.name!r} ({type(e).__name__}); it needs "
                     "internet or a tiktoken cache: use --vocab FILE.tiktoken instead"
-                )
+                ) from None
         if self.kind == "encoder-json":
             ranks, specials = load_encoder_json_ranks(*self.paths)
         else:
@@ -168,5 +168,5 @@ class VocabSource:
                 special_tokens=specials,
             )
         except Exception as e:
-            raise PrepareError(f"invalid vocabulary {self.describe()}: {e}")
+            raise PrepareError(f"invalid vocabulary {self.describe()}: {e}") from None
 

@@ -68,7 +68,8 @@ def check_destdir(force, destdir, split_names, job):
         if not force:
             raise PrepareError(
                 f"{workdir} holds an unfinished run with different settings "
-                f"('{_first_difference(work_job, job)}'); rerun that command to finish it, or use --force to discard it",
+                f"('{_first_difference(work_job, job)}'); rerun that command to finish it, "
+                "or use --force to discard it",
                 exit_code=2,
             )
         shutil.rmtree(workdir)

@@ -68,9 +68,9 @@ class TokenDictionary:
             with open(path, "r", encoding="utf-8") as f:
                 lines = f.readlines()
         except FileNotFoundError:
-            raise PrepareError(f"dictionary {path} not found; check --srcdict")
+            raise PrepareError(f"dictionary {path} not found; check --srcdict") from None
         except UnicodeDecodeError:
-            raise PrepareError(f"dictionary {path} is not UTF-8 text")
+            raise PrepareError(f"dictionary {path} is not UTF-8 text") from None
         for lineno, line in enumerate(lines, 1):
             try:
                 word, field = line.rstrip().rsplit(" ", 1)
@@ -81,7 +81,7 @@ class TokenDictionary:
             except ValueError:
                 raise PrepareError(
                     f"{path}:{lineno}: expected '<token> <count>', got {line.rstrip()!r}"
-                )
+                ) from None
             if word in d.indices and not overwrite:
                 raise PrepareError(f"{path}:{lineno}: duplicate symbol {word!r}")
             d._append(word, count, overwrite=overwrite)

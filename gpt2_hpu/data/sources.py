@@ -138,7 +138,7 @@ def _jsonl_documents(path, name, stats):
                     continue
                 yield f"{name}:{lineno}", text
     except _SHARD_ERRORS as e:
-        raise PrepareError(f"cannot read {path}: {type(e).__name__}: {e}")
+        raise PrepareError(f"cannot read {path}: {type(e).__name__}: {e}") from None
 
 
 def _archive_documents(path, name, stats):
@@ -158,7 +158,7 @@ def _archive_documents(path, name, stats):
     except _SHARD_ERRORS as e:
         raise PrepareError(
             f"archive {path} is corrupt or truncated ({type(e).__name__}: {e}); download it again"
-        )
+        ) from None
 
 
 def _shard_file_documents(path, name, stats):
@@ -233,7 +233,8 @@ class RawCorpus:
             h = hashlib.sha256()
             for file in _walk(spec):
                 st = os.stat(file)
-                h.update(f"{os.path.relpath(file, spec)}\x00{st.st_size}\x00{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+                entry = f"{os.path.relpath(file, spec)}\x00{st.st_size}\x00{st.st_mtime_ns}\n"
+                h.update(entry.encode("utf-8", "surrogateescape"))
             out.append({"input": os.path.abspath(spec), "files": h.hexdigest()})
         return out
 
@@ -275,7 +276,7 @@ def read_text_chunks(path, chunk_bytes, stats, start=0):
     try:
         f = open(path, "rb")
     except OSError as e:
-        raise PrepareError(f"cannot read {path}: {e.strerror}")
+        raise PrepareError(f"cannot read {path}: {e.strerror}") from None
     with f:
         f.seek(start)
         while True:

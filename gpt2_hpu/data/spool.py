@@ -25,7 +25,8 @@ class Spool:
         """Open for appending, restoring the lengths of ``state`` (None: start empty)."""
         state = state or {"sequences": 0, "tokens": 0}
         self.tokens, self.sequences = int(state["tokens"]), int(state["sequences"])
-        for path, length in ((self.raw_path, self.tokens * self.raw_dtype.itemsize), (self.sizes_path, self.sequences * 4)):
+        lengths = ((self.raw_path, self.tokens * self.raw_dtype.itemsize), (self.sizes_path, self.sequences * 4))
+        for path, length in lengths:
             with open(path, "ab") as f:
                 if f.tell() < length:
                     raise RuntimeError(f"{path} is shorter than its checkpoint")

@@ -3,12 +3,13 @@ what it fills into the config, and the one-line refusals."""
 import os
 
 import pytest
-from helpers import MPI_ACROSS_HOSTS, launch_cfg
 
 from gpt2_hpu import distributed
 from gpt2_hpu.checks import hpu_precision
 from gpt2_hpu.distributed import _find_launch, _plan_launch
 from gpt2_hpu.errors import UsageError
+
+from helpers import MPI_ACROSS_HOSTS, launch_cfg
 
 _cfg = launch_cfg
 

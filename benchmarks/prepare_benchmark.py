@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Benchmark: gpt2-hpu-prepare vs the stock Fairseq pipeline, end to end, same workers.
 
-Stock = ``multiprocessing_bpe_encoder.py --keep-empty --workers N`` then
-``fairseq-preprocess --only-source --workers N``. Ours = ``gpt2-hpu-prepare
---trainpref ... --workers N``. Both start from the same text file; the outputs
+Stock = `multiprocessing_bpe_encoder.py --keep-empty --workers N` then
+`fairseq-preprocess --only-source --workers N`. Ours = `gpt2-hpu-prepare
+--trainpref ... --workers N`. Both start from the same text file; the outputs
 are checked to be byte-identical; the stock BPE files (encoder.json/vocab.bpe)
 are rebuilt from the .tiktoken ranks, so nothing is downloaded.
 
-Memory: our peak RSS is measured at ``--mb`` and at ``--mb x --scale`` to show
+Memory: our peak RSS is measured at `--mb` and at `--mb x --scale` to show
 it does not grow with the corpus.
 
     python benchmarks/prepare_benchmark.py --mb 8 --workers 2 [--corpus FILE]
@@ -40,7 +40,7 @@ _MEASURE = (
 
 
 def measure(cmd):
-    """Run ``cmd``; return (seconds, peak RSS of the largest process in MiB)."""
+    """Run `cmd`; return (seconds, peak RSS of the largest process in MiB)."""
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), LOGLEVEL="WARNING")
     out = subprocess.run([sys.executable, "-c", _MEASURE, *map(str, cmd)], capture_output=True, text=True, env=env)
     seconds, rss_kib, rc = out.stdout.split()

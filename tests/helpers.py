@@ -120,7 +120,7 @@ def write_text_corpus(path, topic_names, repeat=1):
 
 
 def _merge_parts(token, rank, ranks):
-    """Split ``token`` the way byte-level BPE builds it from lower-ranked tokens."""
+    """Split `token` the way byte-level BPE builds it from lower-ranked tokens."""
     parts = [bytes([b]) for b in token]
     while len(parts) > 2:
         best = None
@@ -138,7 +138,7 @@ def _merge_parts(token, rank, ranks):
 
 
 def write_encoder_json_and_vocab_bpe(folder, tiktoken_path=PACKAGED_VOCAB):
-    """Build Fairseq's ``encoder.json``/``vocab.bpe`` from a ``.tiktoken`` rank file."""
+    """Build Fairseq's `encoder.json`/`vocab.bpe` from a `.tiktoken` rank file."""
     ranks = load_tiktoken_ranks(tiktoken_path)
     b2u = bytes_to_unicode()
 
@@ -218,7 +218,7 @@ def stock_preprocess(destdir, trainpref=None, validpref=None, srcdict=None, work
 
 
 def load_fairseq_sequences(prefix, dict_path):
-    """Token sequences as Fairseq itself loads them (``data_utils.load_indexed_dataset``)."""
+    """Token sequences as Fairseq itself loads them (`data_utils.load_indexed_dataset`)."""
     from fairseq.data import Dictionary, data_utils
 
     dictionary = Dictionary.load(str(dict_path))

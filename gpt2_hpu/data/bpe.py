@@ -1,16 +1,16 @@
 """GPT-2 byte-level BPE through tiktoken, from local vocabulary files.
 
-Three vocabulary sources are supported (see :func:`VocabSource.parse`):
+Three vocabulary sources are supported (see `VocabSource.parse`):
 
-* a ``.tiktoken`` rank file (``base64(token) rank`` per line); the packaged
-  ``gpt2.tiktoken`` is the default, so nothing is ever downloaded by default;
-* Fairseq/OpenAI ``encoder.json`` + ``vocab.bpe``;
-* ``tiktoken:gpt2``: tiktoken's own downloadable encoding (needs internet or a
+* a `.tiktoken` rank file (`base64(token) rank` per line); the packaged
+  `gpt2.tiktoken` is the default, so nothing is ever downloaded by default;
+* Fairseq/OpenAI `encoder.json` + `vocab.bpe`;
+* `tiktoken:gpt2`: tiktoken's own downloadable encoding (needs internet or a
   warm tiktoken cache; only used when asked for explicitly).
 
-The special token ``<|endoftext|>`` gets the id just after the ranks (50256 for
+The special token `<|endoftext|>` gets the id just after the ranks (50256 for
 GPT-2) but is never produced from text: documents are encoded as ordinary text,
-exactly like Fairseq's ``gpt2`` BPE encoder does.
+exactly like Fairseq's `gpt2` BPE encoder does.
 """
 
 import base64
@@ -45,7 +45,7 @@ def bytes_to_unicode():
 
 
 def load_tiktoken_ranks(path):
-    """Parse a ``.tiktoken`` file into ``{token_bytes: rank}``."""
+    """Parse a `.tiktoken` file into `{token_bytes: rank}`."""
     ranks = {}
     try:
         with open(path, "rb") as f:
@@ -67,11 +67,11 @@ def load_tiktoken_ranks(path):
 
 
 def load_encoder_json_ranks(encoder_json, vocab_bpe):
-    """Ranks from Fairseq/OpenAI ``encoder.json`` + ``vocab.bpe``.
+    """Ranks from Fairseq/OpenAI `encoder.json` + `vocab.bpe`.
 
     For GPT-2 the ids in encoder.json are the BPE ranks; vocab.bpe is checked to
-    agree (merge ``i`` must produce the token of rank ``256 + i``).
-    Returns ``(ranks, special_tokens)``.
+    agree (merge `i` must produce the token of rank `256 + i`).
+    Returns `(ranks, special_tokens)`.
     """
     for path in (encoder_json, vocab_bpe):
         if not os.path.isfile(path):
@@ -142,7 +142,7 @@ class VocabSource:
         return " + ".join(self.paths)
 
     def build(self):
-        """Return a :class:`tiktoken.Encoding` (imports tiktoken lazily)."""
+        """Return a `tiktoken.Encoding` (imports tiktoken lazily)."""
         try:
             import tiktoken
         except ImportError:

@@ -4,18 +4,18 @@
 and appends ids and line lengths to spools, checkpointing every `--checkpoint-seconds`; a resumed run
 starts from the last checkpoint.
 
-The stock path (``multiprocessing_bpe_encoder.py --keep-empty``) encodes every
-line after ``line.strip()``; an empty line stays empty. Then fairseq-preprocess
-appends ``</s>`` to every line. Here a batch of stripped non-empty lines is
-joined with ``"\\n"`` and encoded in one tiktoken call: the GPT-2 pre-tokenizer
-never merges a lone ``"\\n"`` between two non-blank characters with its
-neighbours, so the ``"\\n"`` tokens are exactly the line boundaries and the ids
+The stock path (`multiprocessing_bpe_encoder.py --keep-empty`) encodes every
+line after `line.strip()`; an empty line stays empty. Then fairseq-preprocess
+appends `</s>` to every line. Here a batch of stripped non-empty lines is
+joined with `"\\n"` and encoded in one tiktoken call: the GPT-2 pre-tokenizer
+never merges a lone `"\\n"` between two non-blank characters with its
+neighbours, so the `"\\n"` tokens are exactly the line boundaries and the ids
 between them are the ids of each line encoded on its own (checked at run time;
 on any mismatch the batch falls back to line-by-line encoding).
 
-Output per batch: ``raw`` (ids, with an end-of-line marker after every line,
-including empty ones) and ``sizes`` (int32 length of every line, marker
-included), which is what the ``.bin``/``.idx`` will hold once the ids are mapped
+Output per batch: `raw` (ids, with an end-of-line marker after every line,
+including empty ones) and `sizes` (int32 length of every line, marker
+included), which is what the `.bin`/`.idx` will hold once the ids are mapped
 through the dictionary.
 """
 
@@ -54,7 +54,7 @@ class LineEncoder:
         return np.array(self.encoding.encode_ordinary(text), dtype=np.int64)
 
     def encode_lines(self, lines):
-        """Encode raw lines (they get ``strip()``-ed); return ``(raw, sizes)``."""
+        """Encode raw lines (they get `strip()`-ed); return `(raw, sizes)`."""
         stripped = [line.strip() for line in lines]
         nonempty = [line for line in stripped if line]
         n = len(stripped)

@@ -1,11 +1,11 @@
-"""Fairseq's ``mmap`` indexed dataset format (``PREFIX.bin`` + ``PREFIX.idx``), streamed.
+"""Fairseq's `mmap` indexed dataset format (`PREFIX.bin` + `PREFIX.idx`), streamed.
 
-Layout written by ``fairseq.data.indexed_dataset.MMapIndexedDatasetBuilder``
+Layout written by `fairseq.data.indexed_dataset.MMapIndexedDatasetBuilder`
 (fairseq 0.12.x), reproduced byte for byte:
 
-``.bin``: the token ids of all sequences back to back, in the index dtype.
+`.bin`: the token ids of all sequences back to back, in the index dtype.
 
-``.idx``::
+`.idx`, little-endian:
 
     b"MMIDIDX\\x00\\x00"          magic (9 bytes)
     <Q  1                        version
@@ -14,8 +14,8 @@ Layout written by ``fairseq.data.indexed_dataset.MMapIndexedDatasetBuilder``
     int32[N]                     sequence lengths
     int64[N]                     byte offset of each sequence in .bin
 
-Here the lengths are streamed to a side file while the ``.bin`` is written and
-the ``.idx`` is assembled from it in bounded-size blocks, so memory does not grow
+Here the lengths are streamed to a side file while the `.bin` is written and
+the `.idx` is assembled from it in bounded-size blocks, so memory does not grow
 with the corpus.
 """
 
@@ -50,7 +50,7 @@ def best_fitting_dtype(dictionary_size):
 
 
 def write_index(idx_path, dtype, sizes_path):
-    """Write ``idx_path`` for the sequence lengths stored (int32) in ``sizes_path``."""
+    """Write `idx_path` for the sequence lengths stored (int32) in `sizes_path`."""
     dtype = np.dtype(dtype)
     n = os.path.getsize(sizes_path) // 4
     with open(idx_path, "wb") as out:

@@ -1,23 +1,20 @@
-"""``gpt2-hpu-prepare``: text corpus -> Fairseq data directory (dict.txt + mmap .bin/.idx).
+"""`gpt2-hpu-prepare`: text corpus -> Fairseq data directory (dict.txt + mmap .bin/.idx).
 
 Two input modes:
 
-* raw corpus (``--input`` / ``--demo-corpus``): OpenWebText archive or shards,
-  folders of ``.txt``, JSONL; documents are split train/valid/test by a seeded
-  hash of their name (``--split``, ``--seed``);
-* pre-split (``--trainpref/--validpref/--testpref``): text files, exactly like
-  ``multiprocessing_bpe_encoder.py --keep-empty`` + ``fairseq-preprocess
-  --only-source`` (same dict.txt, same .bin/.idx bytes).
+* raw corpus (`--input` / `--demo-corpus`): OpenWebText archive or shards, folders of `.txt`, JSONL;
+  documents are split train/valid/test by a seeded hash of their name (`--split`, `--seed`);
+* pre-split (`--trainpref/--validpref/--testpref`): text files, exactly like
+  `multiprocessing_bpe_encoder.py --keep-empty` + `fairseq-preprocess --only-source` (same dict.txt, same
+  .bin/.idx bytes).
 
-How it works, one module a stage: plan.py turns the command line into streams of work; sources.py reads
-the inputs; pass 1 (encode.py) encodes batches of lines with tiktoken on ``--workers``
-threads (tiktoken releases the GIL) and appends raw ids + line lengths to spool
-files in ``DESTDIR/.gpt2-hpu-prepare.tmp/``, checkpointing every
-``--checkpoint-seconds``; pass 2 (binarize.py) counts ids of the train split, builds dict.txt,
-maps every split through it into ``.bin``/``.idx``; the outputs are renamed into
-DESTDIR at the end (finalize.py) and ``prepare.json`` (the manifest) is written last; destdir.py keeps
-two runs with different settings from mixing.
-Memory is bounded by ``--chunk-mb`` x workers, whatever the corpus size.
+One module a stage: plan.py turns the command line into streams of work; sources.py reads the inputs;
+encode.py (pass 1) encodes batches of lines with tiktoken on `--workers` threads and appends raw ids and line
+lengths to spool files in `DESTDIR/.gpt2-hpu-prepare.tmp/`, checkpointing every `--checkpoint-seconds`;
+binarize.py (pass 2) counts the ids of the train split, builds dict.txt and maps every split through it into
+`.bin`/`.idx`; finalize.py renames the outputs into DESTDIR and writes `prepare.json` (the manifest) last;
+destdir.py keeps runs with different settings from mixing. Memory is bounded by `--chunk-mb` x workers,
+whatever the corpus size.
 """
 
 import argparse

@@ -1,27 +1,27 @@
 """Reading raw corpora as documents, and the deterministic train/valid/test split.
 
-Accepted inputs (``--input``, several allowed, read in the order given):
+Accepted inputs (`--input`, several allowed, read in the order given):
 
-* ``openwebtext.tar.xz`` (or any ``.tar``/``.tar.gz``/``.tar.xz``): the original
-  OpenWebText archive of ``urlsf_subset*.xz`` shards, read as a stream (nothing
-  is extracted to disk); ``.txt`` members directly inside it are documents too;
-* a folder: ``*.xz`` shards (each an xz-compressed tar of ``.txt`` documents),
-  ``*.txt`` documents and ``*.jsonl`` files, in sorted path order, recursively;
-* a single ``urlsf_subset*.xz`` shard;
-* a JSONL file (``.jsonl``, ``.jsonl.gz``, ``.jsonl.xz``): one document per
-  record, taken from its ``"text"`` field;
-* ``pydoc:topics``: the demo corpus (see :mod:`gpt2_hpu.data.demo_corpus`).
+* `openwebtext.tar.xz` (or any `.tar`/`.tar.gz`/`.tar.xz`): the original
+  OpenWebText archive of `urlsf_subset*.xz` shards, read as a stream (nothing
+  is extracted to disk); `.txt` members directly inside it are documents too;
+* a folder: `*.xz` shards (each an xz-compressed tar of `.txt` documents),
+  `*.txt` documents and `*.jsonl` files, in sorted path order, recursively;
+* a single `urlsf_subset*.xz` shard;
+* a JSONL file (`.jsonl`, `.jsonl.gz`, `.jsonl.xz`): one document per
+  record, taken from its `"text"` field;
+* `pydoc:topics`: the demo corpus (see `gpt2_hpu.data.demo_corpus`).
 
-A document is one ``.txt`` file or one JSONL record. Its *key* names it
+A document is one `.txt` file or one JSONL record. Its *key* names it
 independently of where the corpus lives (shard name + member name, relative
 path, or JSONL file name + record number), and the split of a document is a
-pure function of ``(seed, key)``: it does not depend on workers or order.
+pure function of `(seed, key)`: it does not depend on workers or order.
 
-Bad input never stops the run: a corrupt ``.xz`` shard is skipped as a whole
+Bad input never stops the run: a corrupt `.xz` shard is skipped as a whole
 (its documents are buffered until the shard has been read to the end, so no
 half shard gets in) and counted; bytes that are not UTF-8 are replaced by U+FFFD
 and the document is counted; blank documents and JSONL records that are not
-JSON objects with a string ``"text"`` are skipped and counted.
+JSON objects with a string `"text"` are skipped and counted.
 """
 
 import bz2
@@ -70,7 +70,7 @@ class SourceStats:
 
 
 def text_lines(text):
-    """Split like Python's universal-newline file iteration (``\\n``, ``\\r``, ``\\r\\n`` only)."""
+    """Split like Python's universal-newline file iteration (`\\n`, `\\r`, `\\r\\n` only)."""
     lines = _NEWLINES.split(text)
     if lines and lines[-1] == "":
         lines.pop()
@@ -87,7 +87,7 @@ def decode(data, stats):
 
 
 def split_of(seed, key, cumulative):
-    """Index of the split a document belongs to (``cumulative``: e.g. [0.95, 0.975, 1.0])."""
+    """Index of the split a document belongs to (`cumulative`: e.g. [0.95, 0.975, 1.0])."""
     digest = hashlib.blake2b(f"{seed}\x00{key}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
     u = int.from_bytes(digest, "big") / 2.0**64
     for i, edge in enumerate(cumulative):
@@ -97,7 +97,7 @@ def split_of(seed, key, cumulative):
 
 
 def _shard_documents(fileobj, shard_name, stats):
-    """All ``(key, bytes)`` documents of one xz tar shard, or None when it is corrupt."""
+    """All `(key, bytes)` documents of one xz tar shard, or None when it is corrupt."""
     docs = []
     try:
         with tarfile.open(fileobj=fileobj, mode="r|xz") as tar:
@@ -248,9 +248,9 @@ class RawCorpus:
                 yield from _reader(spec)(spec, os.path.basename(spec), stats)
 
     def documents(self, stats, skip=0):
-        """Yield ``(ordinal, key, text)``; ``text`` is None for a skipped (blank) document.
+        """Yield `(ordinal, key, text)`; `text` is None for a skipped (blank) document.
 
-        ``ordinal`` counts every document read, so a resumed run can ``skip`` the
+        `ordinal` counts every document read, so a resumed run can `skip` the
         ones already encoded (they are still read, but not decoded or encoded).
         """
         for ordinal, (key, data) in enumerate(self._raw_documents(stats)):
@@ -267,11 +267,11 @@ class RawCorpus:
 
 
 def read_text_chunks(path, chunk_bytes, stats, start=0):
-    """Yield ``(end_offset, lines)`` of a text file in newline-aligned chunks from ``start``.
+    """Yield `(end_offset, lines)` of a text file in newline-aligned chunks from `start`.
 
-    Lines are split like the stock encoder's ``open(..., encoding="utf-8")``
+    Lines are split like the stock encoder's `open(..., encoding="utf-8")`
     iteration; invalid UTF-8 is replaced (U+FFFD) and counted per line in
-    ``stats.non_utf8_documents``.
+    `stats.non_utf8_documents`.
     """
     try:
         f = open(path, "rb")

@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Benchmark: gpt2-hpu-prepare vs the stock Fairseq pipeline, end to end, same workers.
 
-Stock = ``multiprocessing_bpe_encoder.py --keep-empty --workers N`` then
-``fairseq-preprocess --only-source --workers N``. Ours = ``gpt2-hpu-prepare
---trainpref ... --workers N``. Both start from the same text file; the outputs
+Stock = `multiprocessing_bpe_encoder.py --keep-empty --workers N` then
+`fairseq-preprocess --only-source --workers N`. Ours = `gpt2-hpu-prepare
+--trainpref ... --workers N`. Both start from the same text file; the outputs
 are checked to be byte-identical; the stock BPE files (encoder.json/vocab.bpe)
 are rebuilt from the .tiktoken ranks, so nothing is downloaded.
 
-Memory: our peak RSS is measured at ``--mb`` and at ``--mb x --scale`` to show
+Memory: our peak RSS is measured at `--mb` and at `--mb x --scale` to show
 it does not grow with the corpus.
 
     python benchmarks/prepare_benchmark.py --mb 8 --workers 2 [--corpus FILE]
@@ -25,7 +25,6 @@ import random
 import subprocess
 import sys
 import tempfile
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
@@ -41,7 +40,7 @@ _MEASURE = (
 
 
 def measure(cmd):
-    """Run ``cmd``; return (seconds, peak RSS of the largest process in MiB)."""
+    """Run `cmd`; return (seconds, peak RSS of the largest process in MiB)."""
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), LOGLEVEL="WARNING")
     out = subprocess.run([sys.executable, "-c", _MEASURE, *map(str, cmd)], capture_output=True, text=True, env=env)
     seconds, rss_kib, rc = out.stdout.split()
@@ -91,7 +90,7 @@ def main():
     p.add_argument("--skip-stock", action="store_true", help="only run ours")
     args = p.parse_args()
 
-    from data_helpers import write_encoder_json_and_vocab_bpe
+    from helpers import write_encoder_json_and_vocab_bpe
 
     with tempfile.TemporaryDirectory(prefix="prepare-bench-") as tmp:
         corpus = build_corpus(os.path.join(tmp, "train.txt"), args.mb, args.corpus)
@@ -116,7 +115,8 @@ def main():
                                       "--trainpref", bpe_file, "--destdir", stock_dir, "--workers", args.workers])
             t_stock = t_enc + t_pre
             print(f"stock: {t_stock:7.2f} s  {tokens / t_stock:>10,.0f} tok/s  "
-                  f"(encoder {t_enc:.2f} s + fairseq-preprocess {t_pre:.2f} s; peak RSS {max(rss_enc, rss_pre):.0f} MiB)")
+                  f"(encoder {t_enc:.2f} s + fairseq-preprocess {t_pre:.2f} s; "
+                  f"peak RSS {max(rss_enc, rss_pre):.0f} MiB)")
             identical = same_files(ours_dir, stock_dir, ["dict.txt", "train.bin", "train.idx"])
             print(f"outputs identical: {identical}")
             print(f"speed-up end to end: {t_stock / t_ours:.1f}x")

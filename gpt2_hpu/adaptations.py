@@ -115,7 +115,7 @@ def distributed_launch():
 
     @functools.wraps(original)
     def call_main(cfg, main, **kwargs):
-        return distributed.call_main(cfg, main, original, **kwargs)
+        return distributed.call_main(cfg, main, original, apply, **kwargs)
 
     distributed_utils.call_main = call_main
 
@@ -124,7 +124,7 @@ def config_checks():
     import fairseq.distributed.utils as distributed_utils
 
     from gpt2_hpu import checks, fast_path
-    from gpt2_hpu.errors import UsageError, exit_with
+    from gpt2_hpu.errors import UsageError
 
     launch = distributed_utils.call_main
 
@@ -138,7 +138,7 @@ def config_checks():
             # a UsageError by the trainer: one line too.
             return launch(cfg, main, **kwargs)
         except UsageError as e:
-            exit_with(str(e))
+            e.exit()
 
     distributed_utils.call_main = call_main
 

@@ -8,15 +8,15 @@ import importlib.util
 import os
 import sys
 
-from gpt2_hpu.errors import exit_with
+from gpt2_hpu.errors import UsageError
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def _load_plugin(prog, fairseq_cli_module):
     if importlib.util.find_spec("fairseq") is None:
-        exit_with("Fairseq is not installed: pip install 'gpt2-hpu[fairseq]' (fairseq-fixed), or install "
-                  "fairseq 0.12.2 from its source tag", prog=prog)
+        UsageError("Fairseq is not installed: pip install 'gpt2-hpu[fairseq]' (fairseq-fixed), or install "
+                   "fairseq 0.12.2 from its source tag", prog=prog).exit()
     # Fairseq's CLI module first: it sets up logging at import, as under fairseq-train.
     importlib.import_module(fairseq_cli_module)
     from gpt2_hpu import adaptations

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from gpt2_hpu.errors import DemoError
+
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -70,12 +72,13 @@ def train(device, data_dir, save_dir, workdir, config_dir, extra_overrides):
         elif "valid on 'valid' subset" in line and (m := re.search(r"\| loss ([\d.]+)", line)):
             valid_losses.append(float(m.group(1)))
     if proc.wait() != 0:
-        raise SystemExit(f"gpt2-hpu-demo: error: training failed (exit {proc.returncode}); see the log above")
+        raise DemoError(f"training failed (exit {proc.returncode}); see the log above")
     return train_losses, valid_losses
 
 
 def sample(checkpoint, data_dir, prompt, tokens=60, seed=0):
     import torch
+
     from fairseq import checkpoint_utils
 
     from gpt2_hpu.data.bpe import VocabSource
@@ -106,6 +109,13 @@ def sample(checkpoint, data_dir, prompt, tokens=60, seed=0):
 
 
 def main(argv=None):
+    try:
+        return _run(argv)
+    except DemoError as e:
+        e.exit()
+
+
+def _run(argv):
     parser = argparse.ArgumentParser(prog="gpt2-hpu-demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/demo", help="where data, checkpoints and logs go")
@@ -118,8 +128,7 @@ def main(argv=None):
     workdir = Path(args.workdir).resolve()
     data_dir, save_dir = workdir / "data", workdir / "checkpoints"
     if not (Path(args.config_dir) / "demo.yaml").is_file():
-        raise SystemExit(f"gpt2-hpu-demo: error: no demo.yaml in {args.config_dir}: run from the repository "
-                         "root or pass --config-dir")
+        raise DemoError(f"no demo.yaml in {args.config_dir}: run from the repository root or pass --config-dir")
 
     started = time.time()
     device, description = pick_device() if args.device == "auto" else (args.device, args.device)
@@ -140,7 +149,7 @@ def main(argv=None):
     if train_losses:
         print(f"train loss (bits)   {train_losses[0]:.2f} -> {train_losses[-1]:.2f}  ({len(train_losses)} log lines)")
     if valid_losses:
-        print(f"valid loss (bits)   " + " -> ".join(f"{v:.2f}" for v in valid_losses))
+        print("valid loss (bits)   " + " -> ".join(f"{v:.2f}" for v in valid_losses))
     print(f"checkpoint          {checkpoint}")
     print(f"sample              {text!r}")
     return 0

@@ -10,11 +10,12 @@ import sys
 import torch
 
 from gpt2_hpu import emulation
+from gpt2_hpu.errors import UsageError
 
 LAZY_MODE_ENV = "PT_HPU_LAZY_MODE"
 
 
-class HabanaUnavailable(RuntimeError):
+class HabanaUnavailable(UsageError):
     """--hpu was asked for, but neither Habana's software nor the emulation is present."""
 
 

@@ -15,7 +15,7 @@ import torch
 
 from gpt2_hpu import device as hpu_device
 from gpt2_hpu.config import hpu_mode_arg
-from gpt2_hpu.errors import UsageError, exit_with
+from gpt2_hpu.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,8 @@ def uses_fairseq_launch(cfg):
     return bool(common.tpu) or (torch.cuda.is_available() and not common.cpu)
 
 
-def call_main(cfg, main, fairseq_call_main, **kwargs):
+def call_main(cfg, main, fairseq_call_main, setup_rank, **kwargs):
+    """`setup_rank()` runs first in every spawned rank: a fresh interpreter has none of the run-time adaptations."""
     if uses_fairseq_launch(cfg):
         return fairseq_call_main(cfg, main, **kwargs)
     try:
@@ -39,9 +40,9 @@ def call_main(cfg, main, fairseq_call_main, **kwargs):
         if plan == "single" and cfg.common.hpu:
             _activate(cfg)
     except UsageError as e:
-        exit_with(str(e))
+        e.exit()
     if plan == "spawn":
-        _spawn(cfg, main, kwargs)
+        _spawn(cfg, main, setup_rank, kwargs)
     elif plan == "env":
         _run_rank(cfg.distributed_training.device_id, main, cfg, kwargs)
     else:
@@ -49,10 +50,7 @@ def call_main(cfg, main, fairseq_call_main, **kwargs):
 
 
 def _activate(cfg):
-    try:
-        return hpu_device.activate(hpu_mode_arg(cfg.common))
-    except hpu_device.HabanaUnavailable as e:
-        raise UsageError(str(e)) from None
+    return hpu_device.activate(hpu_mode_arg(cfg.common))
 
 
 def _plan_launch(cfg):
@@ -131,20 +129,18 @@ def free_port():
         return s.getsockname()[1]
 
 
-def _spawn(cfg, main, kwargs):
+def _spawn(cfg, main, setup_rank, kwargs):
     dt = cfg.distributed_training
     kwargs = dict(kwargs, start_rank=dt.distributed_rank or 0)
     dt.distributed_rank = None  # each child takes start_rank + its index
     # join=True: when any rank dies, the others are terminated and the error is raised here (no hang).
-    torch.multiprocessing.spawn(fn=_run_spawned_rank, args=(main, cfg, kwargs), nprocs=dt.distributed_world_size,
-                                join=True)
+    torch.multiprocessing.spawn(fn=_run_spawned_rank, args=(main, cfg, setup_rank, kwargs),
+                                nprocs=dt.distributed_world_size, join=True)
 
 
-def _run_spawned_rank(index, main, cfg, kwargs):
+def _run_spawned_rank(index, main, cfg, setup_rank, kwargs):
     """Entry point of each spawned process (a gpt2_hpu function, so unpickling it loads the plugin first)."""
-    from gpt2_hpu import adaptations
-
-    adaptations.apply()
+    setup_rank()
     dt = cfg.distributed_training
     os.environ["WORLD_SIZE"] = str(dt.distributed_world_size)
     os.environ["RANK"] = str(kwargs.get("start_rank", 0) + index)

@@ -95,8 +95,9 @@ class PluginTrainer(Trainer):
         return None
 
     def _deviceless_ddp(self, module):
-        from fairseq.distributed import ModuleProxyWrapper
         from torch.nn.parallel import DistributedDataParallel
+
+        from fairseq.distributed import ModuleProxyWrapper
 
         dt = self.cfg.distributed_training
         ddp = DistributedDataParallel(

@@ -1,15 +1,15 @@
 """gpt2-hpu-prepare gives exactly what the stock Fairseq pipeline gives.
 
-Stock: ``multiprocessing_bpe_encoder.py --keep-empty`` (Fairseq's own GPT-2 BPE,
+Stock: `multiprocessing_bpe_encoder.py --keep-empty` (Fairseq's own GPT-2 BPE,
 with encoder.json/vocab.bpe rebuilt from the .tiktoken ranks) then
-``fairseq-preprocess --only-source``. Both run here as subprocesses, offline.
+`fairseq-preprocess --only-source`. Both run here as subprocesses, offline.
 """
 
 import os
 
 import pytest
 
-from data_helpers import (
+from helpers import (
     load_fairseq_sequences,
     run_prepare,
     stock_encode,

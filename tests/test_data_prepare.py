@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from data_helpers import load_fairseq_sequences, run_prepare, topic_texts, write_text_corpus
+from helpers import load_fairseq_sequences, run_prepare, topic_texts, write_text_corpus
 
 OUTPUTS = ("dict.txt", "train.bin", "train.idx", "valid.bin", "valid.idx", "test.bin", "test.idx")
 
@@ -81,13 +81,6 @@ def test_demo_corpus_in_process_and_loadable_by_fairseq(tmp_path, capsys):
     assert "already complete" in capsys.readouterr().out
 
 
-def test_demo_corpus_writer(tmp_path):
-    from gpt2_hpu.data.demo_corpus import write_demo_corpus
-
-    paths = write_demo_corpus(tmp_path / "txt")
-    assert len(paths) == len(topic_texts()) and all(p.endswith(".txt") for p in paths)
-
-
 def test_openwebtext_archive_equals_shard_folder_and_reports_bad_input(owt, tmp_path):
     a, b = tmp_path / "from_archive", tmp_path / "from_folder"
     r = run_prepare("--input", owt["archive"], "--destdir", a, "--split", "70,15,15")
@@ -137,12 +130,14 @@ def test_presplit_keeps_empty_lines_and_replaces_bad_utf8(tmp_path):
 
 def test_missing_vocabulary_and_inputs_are_one_line_errors(tmp_path):
     train = write_text_corpus(tmp_path / "t.txt", ["if"])
-    _assert_one_line_error(run_prepare("--trainpref", train, "--destdir", tmp_path / "o", "--vocab", tmp_path / "nope.tiktoken"), 1)
+    _assert_one_line_error(
+        run_prepare("--trainpref", train, "--destdir", tmp_path / "o", "--vocab", tmp_path / "nope.tiktoken"), 1)
     _assert_one_line_error(run_prepare("--trainpref", train, "--destdir", tmp_path / "o",
                                        "--encoder-json", tmp_path / "e.json", "--vocab-bpe", tmp_path / "v.bpe"), 1)
     _assert_one_line_error(run_prepare("--trainpref", tmp_path / "missing.txt", "--destdir", tmp_path / "o"), 1)
     _assert_one_line_error(run_prepare("--input", tmp_path / "missing.tar.xz", "--destdir", tmp_path / "o"), 1)
-    _assert_one_line_error(run_prepare("--trainpref", train, "--srcdict", tmp_path / "dict.txt", "--destdir", tmp_path / "o"), 1)
+    _assert_one_line_error(
+        run_prepare("--trainpref", train, "--srcdict", tmp_path / "dict.txt", "--destdir", tmp_path / "o"), 1)
     bad_vocab = tmp_path / "bad.tiktoken"
     bad_vocab.write_text("this is not a rank file\n")
     _assert_one_line_error(run_prepare("--trainpref", train, "--destdir", tmp_path / "o", "--vocab", bad_vocab), 1)
@@ -213,7 +208,7 @@ def test_prepare_starts_without_torch_or_fairseq():
     import subprocess
     import sys
 
-    from data_helpers import REPO
+    from helpers import REPO
 
     code = (
         "import sys, runpy\n"

@@ -1,5 +1,5 @@
 """The README's main job, shortened: prepare the embedded corpus, train on the best device, sample."""
-from conftest import BIN, REPO, emulation_env, run
+from helpers import BIN, REPO, emulation_env, run
 
 
 def test_demo_end_to_end_on_an_emulated_hpu(tmp_path):

@@ -5,11 +5,11 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 
-from conftest import (BIN, PACKAGE_DIR, REPO, TINY_MODEL, emulation_env, fairseq_train, log_records, run)
-from test_hpu_training import BLOCK_PLUGIN
+from gpt2_hpu.distributed import free_port
+
+from helpers import BIN, BLOCK_PLUGIN, PACKAGE_DIR, REPO, TINY_MODEL, emulation_env, fairseq_train, log_records, run
 
 STOCK_TRAIN = BLOCK_PLUGIN + """
 from fairseq_cli.train import cli_main
@@ -143,7 +143,7 @@ def test_cpu_gloo_data_parallel_without_hpu(tiny_data, tmp_path):
 
 def test_torchrun_launch(tiny_data, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-           str(_free_port()), BIN / "fairseq-train", tiny_data, "--user-dir", PACKAGE_DIR, "--hpu", *MODEL,
+           str(free_port()), BIN / "fairseq-train", tiny_data, "--user-dir", PACKAGE_DIR, "--hpu", *MODEL,
            "--distributed-world-size", "2", "--max-update", "3", "--save-dir", tmp_path / "ckpt",
            "--zero-sharding", "os"]
     proc = run(cmd, env=emulation_env(2, "lazy"), timeout=400)
@@ -153,7 +153,7 @@ def test_torchrun_launch(tiny_data, tmp_path):
 
 def test_mpirun_style_launch(tiny_data, tmp_path):
     """Open MPI's variables, one process per rank, as `mpirun -n 2 -x MASTER_ADDR -x MASTER_PORT` starts them."""
-    port = str(_free_port())
+    port = str(free_port())
     procs = []
     for rank in range(2):
         env = emulation_env(2, "lazy", OMPI_COMM_WORLD_SIZE=2, OMPI_COMM_WORLD_RANK=rank,
@@ -240,13 +240,6 @@ def _spawned_children(parent):
 def _is_zombie(pid):
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-
-
-def _free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def test_zero1_under_fairseqs_fp16_wrapper(tiny_data, tmp_path):

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from conftest import emulation_env
+from helpers import emulation_env
 
 
 def _python(code, devices=2, mode="lazy", **env):
@@ -139,7 +139,8 @@ def test_hccl_initialisation_and_backend():
                 raise SystemExit("hccl accepted a host tensor")
             except RuntimeError as e:
                 assert "expected HPU tensors, got a tensor on cpu" in str(e)
-        for op_call in (lambda: dist.all_reduce(t, op=dist.ReduceOp.AVG), lambda: dist.reduce(t, 0, op=dist.ReduceOp.AVG)):
+        for op_call in (lambda: dist.all_reduce(t, op=dist.ReduceOp.AVG),
+                        lambda: dist.reduce(t, 0, op=dist.ReduceOp.AVG)):
             try:
                 op_call()
                 raise SystemExit("AVG accepted")

@@ -1,7 +1,7 @@
 """HpuTrainer is the trainer under every way of starting Fairseq, and a plain run is stock Fairseq."""
 import pytest
 
-from conftest import BIN, PACKAGE_DIR, REPO, TINY_MODEL, emulation_env, fairseq_train, log_records, run
+from helpers import BIN, PACKAGE_DIR, REPO, TINY_MODEL, emulation_env, fairseq_train, log_records, run
 
 
 def _args(tiny_data, tmp_path, *extra):

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from conftest import BIN, PACKAGE_DIR, TINY_MODEL, emulation_env, fairseq_train, log_records, run
+from helpers import BIN, BLOCK_PLUGIN, PACKAGE_DIR, TINY_MODEL, emulation_env, fairseq_train, log_records, run
 
 
 def _losses(output):
@@ -131,13 +131,7 @@ def test_clipping_equals_fairseqs():
             assert abs(float(total) - 0.5) < 1e-4
 
 
-STOCK_TRAIN = """
-import sys
-class NoPlugin:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "gpt2_hpu":
-            raise ImportError("gpt2_hpu is blocked in this process")
-sys.meta_path.insert(0, NoPlugin())
+STOCK_TRAIN = BLOCK_PLUGIN + """
 from fairseq_cli.train import cli_main
 sys.argv[0] = "fairseq-train"
 cli_main()

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import kernel_helpers as kh
-from conftest import PACKAGE_DIR, REPO, emulation_env
+from helpers import PACKAGE_DIR, REPO, emulation_env
 
 
 @pytest.fixture(scope="module", autouse=True)

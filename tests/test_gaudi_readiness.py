@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from conftest import BIN, PACKAGE_DIR, TINY_MODEL, emulation_env, fairseq_train, log_records, run
+from helpers import BIN, PACKAGE_DIR, TINY_MODEL, emulation_env, fairseq_train, log_records, run
 
 # fairseq-train with one piece of the plugin switched off before training starts.
 LAUNCH_WITHOUT = """

@@ -1,19 +1,7 @@
 """An emulated --hpu run trains, and what it saves is an ordinary Fairseq checkpoint."""
 import sys
 
-from conftest import PACKAGE_DIR, TINY_MODEL, emulation_env, fairseq_train, log_records, run
-
-# Stock Fairseq in a process where the plugin cannot be imported, whatever a checkpoint's user_dir says.
-BLOCK_PLUGIN = """
-import sys
-
-class NoPlugin:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "gpt2_hpu":
-            raise ImportError("gpt2_hpu is blocked in this process")
-
-sys.meta_path.insert(0, NoPlugin())
-"""
+from helpers import BLOCK_PLUGIN, PACKAGE_DIR, TINY_MODEL, emulation_env, fairseq_train, log_records, run
 
 STOCK_VALIDATE = BLOCK_PLUGIN + """
 from fairseq_cli.validate import cli_main
@@ -43,7 +31,8 @@ def test_emulated_hpu_trains_and_stock_fairseq_loads_the_checkpoint(tiny_data, t
                 "--log-format", "json", "--valid-subset", "valid"], env=emulation_env(0, None))
     assert proc.returncode == 0, proc.output[-3000:]
     validated = log_records(proc.output, "valid")
-    assert validated and abs(float(validated[-1]["valid_loss"]) - min(valid)) < 1e-3, (validated, log_records(out, "valid"))
+    assert validated and abs(float(validated[-1]["valid_loss"]) - min(valid)) < 1e-3, \
+        (validated, log_records(out, "valid"))
 
     # The checkpoint holds plain CPU tensors and records the run's HPU settings.
     probe = ("import sys, torch; s = torch.load(sys.argv[1], map_location='meta', weights_only=False); "

@@ -13,7 +13,7 @@ import shutil
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import BIN, REPO, emulation_env, log_records, run
+from helpers import BIN, REPO, emulation_env, log_records, run
 
 SOURCES = [REPO / "README.md", *sorted((REPO / "configs").rglob("*.yaml"))]
 
@@ -111,7 +111,7 @@ def test_missing_data_is_one_line_naming_the_directory(tmp_path):
 
 
 def test_cosine_check_under_fairseq_train(tiny_data, tmp_path):
-    from conftest import PACKAGE_DIR, TINY_MODEL
+    from helpers import PACKAGE_DIR, TINY_MODEL
 
     args = [tiny_data, *TINY_MODEL, "--user-dir", PACKAGE_DIR, "--max-update", "2",
             "--save-dir", tmp_path / "ckpt"]  # TINY_MODEL warms up for 2 updates

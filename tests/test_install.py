@@ -18,7 +18,7 @@ try:
 except ImportError:  # Python < 3.11: tomli is the same parser (the test extra installs it there)
     import tomli as tomllib
 
-from conftest import REPO
+from helpers import REPO
 
 HABANA_TORCH = "2.5.1a0+git6fd6dd3"
 # The hazard: a torchaudio newer than PyPI's (2.11.0) pinning a torch that no index has (a local label, under

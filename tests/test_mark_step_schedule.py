@@ -5,7 +5,7 @@ with --checkpoint-activations (the tiny model has 2 layers); one per validation 
 """
 import pytest
 
-from conftest import PACKAGE_DIR, TINY_MODEL, emulation_env, fairseq_train, log_records
+from helpers import PACKAGE_DIR, TINY_MODEL, emulation_env, fairseq_train, log_records
 
 LAYERS = 2
 

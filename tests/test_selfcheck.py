@@ -9,7 +9,7 @@ import re
 import sys
 import time
 
-from conftest import BIN, emulation_env, run
+from helpers import BIN, emulation_env, run
 
 SELFCHECK = BIN / "gpt2-hpu-selfcheck"
 ALL_CHECKS = ["versions", "cards", "mode", "mark-step-lazy", "mark-step-eager", "hccl", "train-lazy",

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from conftest import REPO
+from helpers import REPO
 from gpt2_hpu.throughput import Throughput, fairseq_lm_flops_per_token, flops_per_token, peak_bf16_flops
 
 

@@ -1,24 +1,24 @@
 """GPT-2 byte-level BPE through tiktoken, from local vocabulary files.
 
-Three vocabulary sources are supported (see :func:`VocabSource.parse`):
+Three vocabulary sources are supported (see `VocabSource.parse`):
 
-* a ``.tiktoken`` rank file (``base64(token) rank`` per line); the packaged
-  ``gpt2.tiktoken`` is the default, so nothing is ever downloaded by default;
-* Fairseq/OpenAI ``encoder.json`` + ``vocab.bpe``;
-* ``tiktoken:gpt2``: tiktoken's own downloadable encoding (needs internet or a
+* a `.tiktoken` rank file (`base64(token) rank` per line); the packaged
+  `gpt2.tiktoken` is the default, so nothing is ever downloaded by default;
+* Fairseq/OpenAI `encoder.json` + `vocab.bpe`;
+* `tiktoken:gpt2`: tiktoken's own downloadable encoding (needs internet or a
   warm tiktoken cache; only used when asked for explicitly).
 
-The special token ``<|endoftext|>`` gets the id just after the ranks (50256 for
+The special token `<|endoftext|>` gets the id just after the ranks (50256 for
 GPT-2) but is never produced from text: documents are encoded as ordinary text,
-exactly like Fairseq's ``gpt2`` BPE encoder does.
+exactly like Fairseq's `gpt2` BPE encoder does.
 """
 
 import base64
-import hashlib
 import json
 import os
 
-from gpt2_hpu.data.errors import PrepareError
+from gpt2_hpu.data.common import sha256_files
+from gpt2_hpu.errors import PrepareError
 
 GPT2_PATTERN = (
     r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -44,21 +44,12 @@ def bytes_to_unicode():
     return table
 
 
-def _sha256_files(paths):
-    h = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
 def load_tiktoken_ranks(path):
-    """Parse a ``.tiktoken`` file into ``{token_bytes: rank}``."""
+    """Parse a `.tiktoken` file into `{token_bytes: rank}`."""
     ranks = {}
     try:
         with open(path, "rb") as f:
-            for lineno, line in enumerate(f, 1):
+            for lineno, line in enumerate(f, 1):  # noqa: B007 (the error below names the line)
                 line = line.strip()
                 if not line:
                     continue
@@ -67,20 +58,20 @@ def load_tiktoken_ranks(path):
     except FileNotFoundError:
         raise PrepareError(
             f"vocabulary file {path} not found; pass --vocab with an existing .tiktoken file"
-        )
+        ) from None
     except (ValueError, TypeError):
-        raise PrepareError(f"vocabulary file {path} is not a .tiktoken rank file (line {lineno})")
+        raise PrepareError(f"vocabulary file {path} is not a .tiktoken rank file (line {lineno})") from None
     if not ranks:
         raise PrepareError(f"vocabulary file {path} is empty")
     return ranks
 
 
 def load_encoder_json_ranks(encoder_json, vocab_bpe):
-    """Ranks from Fairseq/OpenAI ``encoder.json`` + ``vocab.bpe``.
+    """Ranks from Fairseq/OpenAI `encoder.json` + `vocab.bpe`.
 
     For GPT-2 the ids in encoder.json are the BPE ranks; vocab.bpe is checked to
-    agree (merge ``i`` must produce the token of rank ``256 + i``).
-    Returns ``(ranks, special_tokens)``.
+    agree (merge `i` must produce the token of rank `256 + i`).
+    Returns `(ranks, special_tokens)`.
     """
     for path in (encoder_json, vocab_bpe):
         if not os.path.isfile(path):
@@ -92,7 +83,7 @@ def load_encoder_json_ranks(encoder_json, vocab_bpe):
         with open(vocab_bpe, "r", encoding="utf-8") as f:
             merges = [tuple(m.split()) for m in f.read().split("\n")[1:-1]]
     except (ValueError, UnicodeDecodeError) as e:
-        raise PrepareError(f"cannot read {encoder_json} / {vocab_bpe}: {e}")
+        raise PrepareError(f"cannot read {encoder_json} / {vocab_bpe}: {e}") from None
     ranks, specials = {}, {}
     for token, rank in encoder.items():
         if token.startswith("<|") and token.endswith("|>"):
@@ -101,7 +92,7 @@ def load_encoder_json_ranks(encoder_json, vocab_bpe):
         try:
             ranks[bytes(decoder[c] for c in token)] = int(rank)
         except KeyError:
-            raise PrepareError(f"{encoder_json}: token {token!r} is not GPT-2 byte-level BPE")
+            raise PrepareError(f"{encoder_json}: token {token!r} is not GPT-2 byte-level BPE") from None
     for i, merge in enumerate(merges):
         if len(merge) != 2:
             raise PrepareError(f"{vocab_bpe}: line {i + 2} is not a merge pair")
@@ -143,7 +134,7 @@ class VocabSource:
         """A stable id of the vocabulary content (goes into the manifest)."""
         if self.kind == "tiktoken-builtin":
             return f"tiktoken:{self.name}"
-        return "sha256:" + _sha256_files(self.paths)
+        return "sha256:" + sha256_files(self.paths)
 
     def describe(self):
         if self.kind == "tiktoken-builtin":
@@ -151,11 +142,11 @@ class VocabSource:
         return " + ".join(self.paths)
 
     def build(self):
-        """Return a :class:`tiktoken.Encoding` (imports tiktoken lazily)."""
+        """Return a `tiktoken.Encoding` (imports tiktoken lazily)."""
         try:
             import tiktoken
         except ImportError:
-            raise PrepareError("tiktoken is not installed; run: pip install tiktoken")
+            raise PrepareError("tiktoken is not installed; run: pip install tiktoken") from None
         if self.kind == "tiktoken-builtin":
             try:
                 return tiktoken.get_encoding(self.name)
@@ -163,7 +154,7 @@ class VocabSource:
                 raise PrepareError(
                     f"cannot load tiktoken encoding {self.name!r} ({type(e).__name__}); it needs "
                     "internet or a tiktoken cache: use --vocab FILE.tiktoken instead"
-                )
+                ) from None
         if self.kind == "encoder-json":
             ranks, specials = load_encoder_json_ranks(*self.paths)
         else:
@@ -177,5 +168,5 @@ class VocabSource:
                 special_tokens=specials,
             )
         except Exception as e:
-            raise PrepareError(f"invalid vocabulary {self.describe()}: {e}")
+            raise PrepareError(f"invalid vocabulary {self.describe()}: {e}") from None
 

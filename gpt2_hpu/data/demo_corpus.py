@@ -1,17 +1,17 @@
 """The embedded demo corpus: Python's own reference-manual prose, available offline.
 
-``pydoc_data.topics.topics`` ships with CPython (about 80 topics, ~460 KB of
+`pydoc_data.topics.topics` ships with CPython (about 80 topics, ~460 KB of
 English text from the language reference). One topic is one document. The
-README's demo prepares it with ``gpt2-hpu-prepare --demo-corpus --destdir D``,
+README's demo prepares it with `gpt2-hpu-prepare --demo-corpus --destdir D`,
 which goes through the same raw-corpus path as OpenWebText.
 """
 
 import hashlib
-import os
 
 
 def demo_documents():
-    """Yield ``(key, text)`` for every topic, in sorted topic order."""
+    """Yield `(key, text)` for every topic, in sorted topic order."""
+    # Lazy: pydoc_data.topics is half a megabyte of text that only the demo corpus reads.
     from pydoc_data.topics import topics
 
     for name in sorted(topics):
@@ -23,15 +23,3 @@ def demo_fingerprint():
     for key, text in demo_documents():
         h.update(key.encode("utf-8") + b"\x00" + text.encode("utf-8") + b"\x00")
     return h.hexdigest()
-
-
-def write_demo_corpus(folder):
-    """Write the demo corpus as ``folder/<topic>.txt`` files; return the file paths."""
-    os.makedirs(folder, exist_ok=True)
-    paths = []
-    for key, text in demo_documents():
-        path = os.path.join(folder, key.split("/", 1)[1] + ".txt")
-        with open(path, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        paths.append(path)
-    return paths

@@ -1,22 +1,22 @@
-"""Fairseq ``dict.txt`` over GPT-2 token ids, built from counts without holding the corpus.
+"""Fairseq `dict.txt` over GPT-2 token ids, built from counts without holding the corpus.
 
-Reproduces ``fairseq.data.Dictionary`` as used by ``fairseq-preprocess --only-source``:
+Reproduces `fairseq.data.Dictionary` as used by `fairseq-preprocess --only-source`:
 
-* four special symbols ``<s> <pad> </s> <unk>`` take indices 0..3 and are not
-  written to ``dict.txt``;
+* four special symbols `<s> <pad> </s> <unk>` take indices 0..3 and are not
+  written to `dict.txt`;
 * the symbols are the GPT-2 ids written as decimal strings; only ids seen in the
   training split are listed, by count descending, ties by the symbol *string*
-  ascending (so ``"10"`` sorts before ``"9"``), cut by ``--thresholdsrc`` /
-  ``--nwordssrc``;
-* then ``madeupword0000``... entries with count 0 pad the size (specials
-  included) to a multiple of ``--padding-factor`` (8);
-* a token id missing from the dictionary maps to ``<unk>`` (3); every sequence
-  ends with ``</s>`` (2).
+  ascending (so `"10"` sorts before `"9"`), cut by `--thresholdsrc` /
+  `--nwordssrc`;
+* then `madeupword0000`... entries with count 0 pad the size (specials
+  included) to a multiple of `--padding-factor` (8);
+* a token id missing from the dictionary maps to `<unk>` (3); every sequence
+  ends with `</s>` (2).
 """
 
 import numpy as np
 
-from gpt2_hpu.data.errors import PrepareError
+from gpt2_hpu.errors import PrepareError
 
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 EOS_INDEX = 2
@@ -24,7 +24,7 @@ UNK_INDEX = 3
 
 
 class TokenDictionary:
-    """Fairseq dictionary contents: ``symbols``/``counts`` (specials first) and ``indices``."""
+    """Fairseq dictionary contents: `symbols`/`counts` (specials first) and `indices`."""
 
     def __init__(self):
         self.symbols = list(SPECIALS)
@@ -62,15 +62,15 @@ class TokenDictionary:
 
     @classmethod
     def load(cls, path):
-        """Read a ``dict.txt`` the way ``Dictionary.load`` does."""
+        """Read a `dict.txt` the way `Dictionary.load` does."""
         d = cls()
         try:
             with open(path, "r", encoding="utf-8") as f:
                 lines = f.readlines()
         except FileNotFoundError:
-            raise PrepareError(f"dictionary {path} not found; check --srcdict")
+            raise PrepareError(f"dictionary {path} not found; check --srcdict") from None
         except UnicodeDecodeError:
-            raise PrepareError(f"dictionary {path} is not UTF-8 text")
+            raise PrepareError(f"dictionary {path} is not UTF-8 text") from None
         for lineno, line in enumerate(lines, 1):
             try:
                 word, field = line.rstrip().rsplit(" ", 1)
@@ -81,20 +81,20 @@ class TokenDictionary:
             except ValueError:
                 raise PrepareError(
                     f"{path}:{lineno}: expected '<token> <count>', got {line.rstrip()!r}"
-                )
+                ) from None
             if word in d.indices and not overwrite:
                 raise PrepareError(f"{path}:{lineno}: duplicate symbol {word!r}")
             d._append(word, count, overwrite=overwrite)
         return d
 
     def save_text(self):
-        """The exact bytes of ``dict.txt`` (specials omitted)."""
+        """The exact bytes of `dict.txt` (specials omitted)."""
         return "".join(
             "{} {}\n".format(s, c) for s, c in zip(self.symbols[len(SPECIALS):], self.counts[len(SPECIALS):])
         ).encode("utf-8")
 
     def lookup_table(self, n_ids, eos_marker):
-        """Array mapping raw token id -> dictionary index; ``eos_marker`` maps to ``</s>``."""
+        """Array mapping raw token id -> dictionary index; `eos_marker` maps to `</s>`."""
         size = max(n_ids, eos_marker + 1)
         table = np.full(size, UNK_INDEX, dtype=np.int64)
         for symbol, index in self.indices.items():

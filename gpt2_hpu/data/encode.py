@@ -1,21 +1,36 @@
-"""Turn batches of text lines into raw GPT-2 ids, the way the stock encoder would.
+"""Stage 2, encode: batches of text lines become raw GPT-2 ids in per-split spool files, resumably.
 
-The stock path (``multiprocessing_bpe_encoder.py --keep-empty``) encodes every
-line after ``line.strip()``; an empty line stays empty. Then fairseq-preprocess
-appends ``</s>`` to every line. Here a batch of stripped non-empty lines is
-joined with ``"\\n"`` and encoded in one tiktoken call: the GPT-2 pre-tokenizer
-never merges a lone ``"\\n"`` between two non-blank characters with its
-neighbours, so the ``"\\n"`` tokens are exactly the line boundaries and the ids
+`encode_stream` reads one stream's batches, encodes them on `--workers` threads (tiktoken releases the GIL)
+and appends ids and line lengths to spools, checkpointing every `--checkpoint-seconds`; a resumed run
+starts from the last checkpoint.
+
+The stock path (`multiprocessing_bpe_encoder.py --keep-empty`) encodes every
+line after `line.strip()`; an empty line stays empty. Then fairseq-preprocess
+appends `</s>` to every line. Here a batch of stripped non-empty lines is
+joined with `"\\n"` and encoded in one tiktoken call: the GPT-2 pre-tokenizer
+never merges a lone `"\\n"` between two non-blank characters with its
+neighbours, so the `"\\n"` tokens are exactly the line boundaries and the ids
 between them are the ids of each line encoded on its own (checked at run time;
 on any mismatch the batch falls back to line-by-line encoding).
 
-Output per batch: ``raw`` (ids, with an end-of-line marker after every line,
-including empty ones) and ``sizes`` (int32 length of every line, marker
-included), which is what the ``.bin``/``.idx`` will hold once the ids are mapped
+Output per batch: `raw` (ids, with an end-of-line marker after every line,
+including empty ones) and `sizes` (int32 length of every line, marker
+included), which is what the `.bin`/`.idx` will hold once the ids are mapped
 through the dictionary.
 """
 
+import os
+import time
+from collections import deque
+
 import numpy as np
+
+from gpt2_hpu.data.common import PROG, info, read_json, write_json_atomic
+from gpt2_hpu.data.progress import Progress
+from gpt2_hpu.data.sources import SourceStats
+from gpt2_hpu.data.spool import Spool
+
+INTERRUPT_ENV = "GPT2_HPU_PREPARE_EXIT_AFTER_CHECKPOINTS"  # test hook: simulate a kill
 
 
 class LineEncoder:
@@ -39,7 +54,7 @@ class LineEncoder:
         return np.array(self.encoding.encode_ordinary(text), dtype=np.int64)
 
     def encode_lines(self, lines):
-        """Encode raw lines (they get ``strip()``-ed); return ``(raw, sizes)``."""
+        """Encode raw lines (they get `strip()`-ed); return `(raw, sizes)`."""
         stripped = [line.strip() for line in lines]
         nonempty = [line for line in stripped if line]
         n = len(stripped)
@@ -75,3 +90,83 @@ class LineEncoder:
             parts.append(marker)
             sizes[i] = len(ids) + 1
         return np.concatenate(parts), sizes
+
+
+class _Checkpointer:
+    def __init__(self, path, interval):
+        self.path = path
+        self.interval = interval
+        self.last = time.monotonic()
+        self.count = 0
+        limit = os.environ.get(INTERRUPT_ENV)
+        self.exit_after = int(limit) if limit else None
+
+    def save(self, state, spools, force=False):
+        now = time.monotonic()
+        if not force and now - self.last < self.interval:
+            return
+        for spool in spools.values():
+            spool.sync()
+        state["spools"] = {name: spool.state() for name, spool in spools.items()}
+        write_json_atomic(self.path, state)
+        self.last = now
+        self.count += 1
+        if self.exit_after is not None and self.count >= self.exit_after and not state["done"]:
+            os._exit(75)  # test hook: die like a killed process, no cleanup
+
+
+def _add_counts(total, delta):
+    for key, value in delta.items():
+        total[key] = total.get(key, 0) + value
+
+
+def encode_stream(args, stream, encoder, workdir, pool):
+    """Encode `stream` into spools under `workdir`; return its final state (positions, counts)."""
+    state_path = os.path.join(workdir, f"state-{stream.name}.json")
+    state = read_json(state_path) or {"position": 0, "done": False, "spools": {}, "stats": {}, "documents": {}}
+    if state["done"]:
+        return state
+    spools = {name: Spool(workdir, name, encoder.raw_dtype) for name in stream.splits}
+    for name, spool in spools.items():
+        spool.open(state["spools"].get(name))
+    if state["position"]:
+        info(args.quiet, f"resuming {stream.name} from its checkpoint")
+    stats = SourceStats()
+    checkpointer = _Checkpointer(state_path, args.checkpoint_seconds)
+    progress = Progress(f"{PROG} [{stream.name}]", not args.quiet)
+    chunk_bytes = max(int(args.chunk_mb * (1 << 20)), 1)
+    inflight = deque()
+
+    def encode_batch(batch):
+        return {split: encoder.encode_lines(lines) for split, lines in batch.items()}
+
+    def finish_one():
+        future, end, delta, docs = inflight.popleft()
+        result = future.result() if pool is not None else future
+        for split, (raw, sizes) in result.items():
+            spools[split].append(raw, sizes)
+            progress.update(len(raw) - len(sizes))
+        _add_counts(state["stats"], delta)
+        _add_counts(state["documents"], docs)
+        state["position"] = end
+        checkpointer.save(state, spools)
+
+    try:
+        for end, batch, docs in stream.jobs(state["position"], stats, chunk_bytes):
+            delta = stats.take_delta()
+            if pool is not None:
+                inflight.append((pool.submit(encode_batch, batch), end, delta, docs))
+                while len(inflight) > 2 * args.workers:
+                    finish_one()
+            else:
+                inflight.append((encode_batch(batch), end, delta, docs))
+                finish_one()
+        while inflight:
+            finish_one()
+        state["done"] = True
+        checkpointer.save(state, spools, force=True)
+    finally:
+        progress.close()
+        for spool in spools.values():
+            spool.close()
+    return state

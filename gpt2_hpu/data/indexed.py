@@ -1,11 +1,11 @@
-"""Fairseq's ``mmap`` indexed dataset format (``PREFIX.bin`` + ``PREFIX.idx``), streamed.
+"""Fairseq's `mmap` indexed dataset format (`PREFIX.bin` + `PREFIX.idx`), streamed.
 
-Layout written by ``fairseq.data.indexed_dataset.MMapIndexedDatasetBuilder``
+Layout written by `fairseq.data.indexed_dataset.MMapIndexedDatasetBuilder`
 (fairseq 0.12.x), reproduced byte for byte:
 
-``.bin``: the token ids of all sequences back to back, in the index dtype.
+`.bin`: the token ids of all sequences back to back, in the index dtype.
 
-``.idx``::
+`.idx`, little-endian:
 
     b"MMIDIDX\\x00\\x00"          magic (9 bytes)
     <Q  1                        version
@@ -14,8 +14,8 @@ Layout written by ``fairseq.data.indexed_dataset.MMapIndexedDatasetBuilder``
     int32[N]                     sequence lengths
     int64[N]                     byte offset of each sequence in .bin
 
-Here the lengths are streamed to a side file while the ``.bin`` is written and
-the ``.idx`` is assembled from it in bounded-size blocks, so memory does not grow
+Here the lengths are streamed to a side file while the `.bin` is written and
+the `.idx` is assembled from it in bounded-size blocks, so memory does not grow
 with the corpus.
 """
 
@@ -37,7 +37,6 @@ DTYPE_CODES = {
     np.dtype(np.uint32): 9,
     np.dtype(np.uint64): 10,
 }
-CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
 BLOCK = 1 << 16  # elements per block when streaming sizes / pointers
 
 
@@ -51,7 +50,7 @@ def best_fitting_dtype(dictionary_size):
 
 
 def write_index(idx_path, dtype, sizes_path):
-    """Write ``idx_path`` for the sequence lengths stored (int32) in ``sizes_path``."""
+    """Write `idx_path` for the sequence lengths stored (int32) in `sizes_path`."""
     dtype = np.dtype(dtype)
     n = os.path.getsize(sizes_path) // 4
     with open(idx_path, "wb") as out:
@@ -73,26 +72,3 @@ def write_index(idx_path, dtype, sizes_path):
                     address = int(ends[-1])
         out.flush()
         os.fsync(out.fileno())
-
-
-def read_index(idx_path):
-    """Return ``(dtype, sizes, pointers)`` of an ``.idx`` file (numpy arrays)."""
-    with open(idx_path, "rb") as f:
-        if f.read(9) != MAGIC:
-            raise ValueError(f"{idx_path} is not a Fairseq mmap index")
-        (version,) = struct.unpack("<Q", f.read(8))
-        if version != VERSION:
-            raise ValueError(f"{idx_path}: unsupported version {version}")
-        (code,) = struct.unpack("<B", f.read(1))
-        (n,) = struct.unpack("<Q", f.read(8))
-        sizes = np.frombuffer(f.read(4 * n), dtype=np.int32)
-        pointers = np.frombuffer(f.read(8 * n), dtype=np.int64)
-    return CODE_DTYPES[code], sizes, pointers
-
-
-def read_sequences(prefix):
-    """Yield every sequence of ``prefix.bin/.idx`` as an int64 numpy array (for checks)."""
-    dtype, sizes, pointers = read_index(prefix + ".idx")
-    data = np.memmap(prefix + ".bin", dtype=np.uint8, mode="r") if os.path.getsize(prefix + ".bin") else b""
-    for ptr, size in zip(pointers, sizes):
-        yield np.frombuffer(data, dtype=dtype, count=int(size), offset=int(ptr)).astype(np.int64)

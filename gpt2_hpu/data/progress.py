@@ -1,6 +1,6 @@
 """A tokens/s progress display on stderr: tqdm when installed, else a plain status line.
 
-Shown only when stderr is a terminal and ``--quiet`` is not given.
+Shown only when stderr is a terminal and `--quiet` is not given.
 """
 
 import sys

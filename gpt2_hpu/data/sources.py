@@ -1,27 +1,27 @@
 """Reading raw corpora as documents, and the deterministic train/valid/test split.
 
-Accepted inputs (``--input``, several allowed, read in the order given):
+Accepted inputs (`--input`, several allowed, read in the order given):
 
-* ``openwebtext.tar.xz`` (or any ``.tar``/``.tar.gz``/``.tar.xz``): the original
-  OpenWebText archive of ``urlsf_subset*.xz`` shards, read as a stream (nothing
-  is extracted to disk); ``.txt`` members directly inside it are documents too;
-* a folder: ``*.xz`` shards (each an xz-compressed tar of ``.txt`` documents),
-  ``*.txt`` documents and ``*.jsonl`` files, in sorted path order, recursively;
-* a single ``urlsf_subset*.xz`` shard;
-* a JSONL file (``.jsonl``, ``.jsonl.gz``, ``.jsonl.xz``): one document per
-  record, taken from its ``"text"`` field;
-* ``pydoc:topics``: the demo corpus (see :mod:`gpt2_hpu.data.demo_corpus`).
+* `openwebtext.tar.xz` (or any `.tar`/`.tar.gz`/`.tar.xz`): the original
+  OpenWebText archive of `urlsf_subset*.xz` shards, read as a stream (nothing
+  is extracted to disk); `.txt` members directly inside it are documents too;
+* a folder: `*.xz` shards (each an xz-compressed tar of `.txt` documents),
+  `*.txt` documents and `*.jsonl` files, in sorted path order, recursively;
+* a single `urlsf_subset*.xz` shard;
+* a JSONL file (`.jsonl`, `.jsonl.gz`, `.jsonl.xz`): one document per
+  record, taken from its `"text"` field;
+* `pydoc:topics`: the demo corpus (see `gpt2_hpu.data.demo_corpus`).
 
-A document is one ``.txt`` file or one JSONL record. Its *key* names it
+A document is one `.txt` file or one JSONL record. Its *key* names it
 independently of where the corpus lives (shard name + member name, relative
 path, or JSONL file name + record number), and the split of a document is a
-pure function of ``(seed, key)``: it does not depend on workers or order.
+pure function of `(seed, key)`: it does not depend on workers or order.
 
-Bad input never stops the run: a corrupt ``.xz`` shard is skipped as a whole
+Bad input never stops the run: a corrupt `.xz` shard is skipped as a whole
 (its documents are buffered until the shard has been read to the end, so no
 half shard gets in) and counted; bytes that are not UTF-8 are replaced by U+FFFD
 and the document is counted; blank documents and JSONL records that are not
-JSON objects with a string ``"text"`` are skipped and counted.
+JSON objects with a string `"text"` are skipped and counted.
 """
 
 import bz2
@@ -32,11 +32,12 @@ import json
 import lzma
 import os
 import re
-import sys
 import tarfile
 import zlib
 
-from gpt2_hpu.data.errors import PrepareError
+from gpt2_hpu.data.common import warn
+from gpt2_hpu.data.demo_corpus import demo_documents, demo_fingerprint
+from gpt2_hpu.errors import PrepareError
 
 DEMO_SPEC = "pydoc:topics"
 _NEWLINES = re.compile(r"\r\n|\r|\n")
@@ -51,8 +52,6 @@ class SourceStats:
     def __init__(self, **values):
         for name in self.FIELDS:
             setattr(self, name, int(values.get(name, 0)))
-        self.warnings = []
-
         self._baseline = {name: 0 for name in self.FIELDS}
 
     def to_dict(self):
@@ -71,7 +70,7 @@ class SourceStats:
 
 
 def text_lines(text):
-    """Split like Python's universal-newline file iteration (``\\n``, ``\\r``, ``\\r\\n`` only)."""
+    """Split like Python's universal-newline file iteration (`\\n`, `\\r`, `\\r\\n` only)."""
     lines = _NEWLINES.split(text)
     if lines and lines[-1] == "":
         lines.pop()
@@ -88,7 +87,7 @@ def decode(data, stats):
 
 
 def split_of(seed, key, cumulative):
-    """Index of the split a document belongs to (``cumulative``: e.g. [0.95, 0.975, 1.0])."""
+    """Index of the split a document belongs to (`cumulative`: e.g. [0.95, 0.975, 1.0])."""
     digest = hashlib.blake2b(f"{seed}\x00{key}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
     u = int.from_bytes(digest, "big") / 2.0**64
     for i, edge in enumerate(cumulative):
@@ -97,13 +96,8 @@ def split_of(seed, key, cumulative):
     return len(cumulative) - 1
 
 
-def _warn(stats, message):
-    stats.warnings.append(message)
-    print(f"gpt2-hpu-prepare: warning: {message}", file=sys.stderr, flush=True)
-
-
 def _shard_documents(fileobj, shard_name, stats):
-    """All ``(key, bytes)`` documents of one xz tar shard, or None when it is corrupt."""
+    """All `(key, bytes)` documents of one xz tar shard, or None when it is corrupt."""
     docs = []
     try:
         with tarfile.open(fileobj=fileobj, mode="r|xz") as tar:
@@ -112,7 +106,7 @@ def _shard_documents(fileobj, shard_name, stats):
                     docs.append((f"{shard_name}/{member.name}", tar.extractfile(member).read()))
     except _SHARD_ERRORS as e:
         stats.corrupt_shards += 1
-        _warn(stats, f"skipping corrupt shard {shard_name} ({type(e).__name__}: {e})")
+        warn(f"skipping corrupt shard {shard_name} ({type(e).__name__}: {e})")
         return None
     return docs
 
@@ -127,16 +121,8 @@ def _open_maybe_compressed(path):
     return open(path, "rb")
 
 
-def _is_jsonl(path):
-    return re.search(r"\.jsonl?(\.(gz|xz|bz2))?$", path) is not None
-
-
-def _is_archive(path):
-    return re.search(r"\.(tar|tar\.xz|txz|tar\.gz|tgz|tar\.bz2)$", path) is not None
-
-
-def _jsonl_documents(path, stats):
-    name = os.path.basename(path)
+def _jsonl_documents(path, name, stats):
+    name = os.path.basename(name)
     try:
         with _open_maybe_compressed(path) as f:
             for lineno, raw in enumerate(f, 1):
@@ -152,10 +138,10 @@ def _jsonl_documents(path, stats):
                     continue
                 yield f"{name}:{lineno}", text
     except _SHARD_ERRORS as e:
-        raise PrepareError(f"cannot read {path}: {type(e).__name__}: {e}")
+        raise PrepareError(f"cannot read {path}: {type(e).__name__}: {e}") from None
 
 
-def _archive_documents(path, stats):
+def _archive_documents(path, name, stats):
     try:
         with tarfile.open(path, mode="r|*") as outer:
             for member in outer:
@@ -172,36 +158,56 @@ def _archive_documents(path, stats):
     except _SHARD_ERRORS as e:
         raise PrepareError(
             f"archive {path} is corrupt or truncated ({type(e).__name__}: {e}); download it again"
-        )
+        ) from None
+
+
+def _shard_file_documents(path, name, stats):
+    with open(path, "rb") as f:
+        docs = _shard_documents(f, os.path.basename(name), stats)
+    yield from docs or ()
+
+
+def _text_documents(path, name, stats):
+    with open(path, "rb") as f:
+        yield name, f.read()
+
+
+# The input formats, tried in order (an archive's name also ends in .xz): the pattern its file name matches,
+# its reader, and whether it is read inside a folder too. A reader takes (path, name, stats), where name is
+# the file's base name, or its path relative to the folder given, and yields (key, text or bytes).
+_FORMATS = (
+    (re.compile(r"\.(tar|tar\.xz|txz|tar\.gz|tgz|tar\.bz2)$"), _archive_documents, False),
+    (re.compile(r"\.jsonl?(\.(gz|xz|bz2))?$"), _jsonl_documents, True),
+    (re.compile(r"\.xz$"), _shard_file_documents, True),
+    (re.compile(r"\.txt$"), _text_documents, True),
+)
+FORMATS_HELP = ".tar.xz archive, .xz shard, .jsonl, .txt or a folder"
+
+
+def _reader(path, in_folder=False):
+    """The reader for the file at `path`, or None when its format is not one of _FORMATS."""
+    for pattern, reader, in_folders in _FORMATS:
+        if pattern.search(path) and (in_folders or not in_folder):
+            return reader
+    return None
+
+
+def _walk(spec):
+    """The files of `spec` in sorted path order (hidden ones left out), or `[spec]` for a file."""
+    if not os.path.isdir(spec):
+        return [spec]
+    out = []
+    for root, dirs, names in os.walk(spec):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        out.extend(os.path.join(root, n) for n in names if not n.startswith("."))
+    return sorted(out)
 
 
 def _folder_documents(path, stats):
-    files = []
-    for root, dirs, names in os.walk(path):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        files.extend(os.path.join(root, n) for n in names if not n.startswith("."))
-    for file in sorted(files):
-        rel = os.path.relpath(file, path).replace(os.sep, "/")
-        if file.endswith(".txt"):
-            with open(file, "rb") as f:
-                yield rel, f.read()
-        elif _is_jsonl(file):
-            yield from _jsonl_documents(file, stats)
-        elif file.endswith(".xz"):
-            with open(file, "rb") as f:
-                docs = _shard_documents(f, os.path.basename(file), stats)
-            for key, data in docs or ():
-                yield key, data
-
-
-def _input_files(spec):
-    if os.path.isdir(spec):
-        out = []
-        for root, dirs, names in os.walk(spec):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            out.extend(os.path.join(root, n) for n in names if not n.startswith("."))
-        return sorted(out)
-    return [spec]
+    for file in _walk(path):
+        reader = _reader(file, in_folder=True)
+        if reader is not None:
+            yield from reader(file, os.path.relpath(file, path).replace(os.sep, "/"), stats)
 
 
 class RawCorpus:
@@ -214,54 +220,37 @@ class RawCorpus:
                 continue
             if not os.path.exists(spec):
                 raise PrepareError(f"input {spec} not found")
-            if os.path.isfile(spec) and not (
-                _is_archive(spec) or _is_jsonl(spec) or spec.endswith((".xz", ".txt"))
-            ):
-                raise PrepareError(
-                    f"input {spec}: unknown format (expected .tar.xz archive, .xz shard, .jsonl, .txt or a folder)"
-                )
+            if os.path.isfile(spec) and _reader(spec) is None:
+                raise PrepareError(f"input {spec}: unknown format (expected {FORMATS_HELP})")
 
     def fingerprint(self):
         """Identity of the inputs: names, sizes and modification times (not content hashes)."""
         out = []
         for spec in self.specs:
             if spec == DEMO_SPEC:
-                from gpt2_hpu.data.demo_corpus import demo_fingerprint
-
                 out.append({"input": spec, "content": demo_fingerprint()})
                 continue
             h = hashlib.sha256()
-            for file in _input_files(spec):
+            for file in _walk(spec):
                 st = os.stat(file)
-                h.update(f"{os.path.relpath(file, spec)}\x00{st.st_size}\x00{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+                entry = f"{os.path.relpath(file, spec)}\x00{st.st_size}\x00{st.st_mtime_ns}\n"
+                h.update(entry.encode("utf-8", "surrogateescape"))
             out.append({"input": os.path.abspath(spec), "files": h.hexdigest()})
         return out
 
     def _raw_documents(self, stats):
         for spec in self.specs:
             if spec == DEMO_SPEC:
-                from gpt2_hpu.data.demo_corpus import demo_documents
-
-                for key, text in demo_documents():
-                    yield key, text
+                yield from demo_documents()
             elif os.path.isdir(spec):
                 yield from _folder_documents(spec, stats)
-            elif _is_archive(spec):
-                yield from _archive_documents(spec, stats)
-            elif _is_jsonl(spec):
-                yield from _jsonl_documents(spec, stats)
-            elif spec.endswith(".xz"):
-                with open(spec, "rb") as f:
-                    docs = _shard_documents(f, os.path.basename(spec), stats)
-                yield from docs or ()
             else:
-                with open(spec, "rb") as f:
-                    yield os.path.basename(spec), f.read()
+                yield from _reader(spec)(spec, os.path.basename(spec), stats)
 
     def documents(self, stats, skip=0):
-        """Yield ``(ordinal, key, text)``; ``text`` is None for a skipped (blank) document.
+        """Yield `(ordinal, key, text)`; `text` is None for a skipped (blank) document.
 
-        ``ordinal`` counts every document read, so a resumed run can ``skip`` the
+        `ordinal` counts every document read, so a resumed run can `skip` the
         ones already encoded (they are still read, but not decoded or encoded).
         """
         for ordinal, (key, data) in enumerate(self._raw_documents(stats)):
@@ -278,16 +267,16 @@ class RawCorpus:
 
 
 def read_text_chunks(path, chunk_bytes, stats, start=0):
-    """Yield ``(end_offset, lines)`` of a text file in newline-aligned chunks from ``start``.
+    """Yield `(end_offset, lines)` of a text file in newline-aligned chunks from `start`.
 
-    Lines are split like the stock encoder's ``open(..., encoding="utf-8")``
+    Lines are split like the stock encoder's `open(..., encoding="utf-8")`
     iteration; invalid UTF-8 is replaced (U+FFFD) and counted per line in
-    ``stats.non_utf8_documents``.
+    `stats.non_utf8_documents`.
     """
     try:
         f = open(path, "rb")
     except OSError as e:
-        raise PrepareError(f"cannot read {path}: {e.strerror}")
+        raise PrepareError(f"cannot read {path}: {e.strerror}") from None
     with f:
         f.seek(start)
         while True:

@@ -1,8 +1,8 @@
-"""Per-split spool files: raw token ids (``NAME.raw``) and line lengths (``NAME.sizes``).
+"""Per-split spool files: raw token ids (`NAME.raw`) and line lengths (`NAME.sizes`).
 
 The first pass appends encoded batches here; once the dictionary is known the
-second pass maps ``NAME.raw`` into ``NAME.bin`` and turns ``NAME.sizes`` into
-``NAME.idx``. A checkpoint records the file lengths; a resumed run truncates the
+second pass maps `NAME.raw` into `NAME.bin` and turns `NAME.sizes` into
+`NAME.idx`. A checkpoint records the file lengths; a resumed run truncates the
 files back to them, so work done after the last checkpoint is simply redone.
 """
 
@@ -22,10 +22,11 @@ class Spool:
         self._raw = self._sizes = None
 
     def open(self, state=None):
-        """Open for appending, restoring the lengths of ``state`` (None: start empty)."""
+        """Open for appending, restoring the lengths of `state` (None: start empty)."""
         state = state or {"sequences": 0, "tokens": 0}
         self.tokens, self.sequences = int(state["tokens"]), int(state["sequences"])
-        for path, length in ((self.raw_path, self.tokens * self.raw_dtype.itemsize), (self.sizes_path, self.sequences * 4)):
+        lengths = ((self.raw_path, self.tokens * self.raw_dtype.itemsize), (self.sizes_path, self.sequences * 4))
+        for path, length in lengths:
             with open(path, "ab") as f:
                 if f.tell() < length:
                     raise RuntimeError(f"{path} is shorter than its checkpoint")

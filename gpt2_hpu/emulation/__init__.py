@@ -25,7 +25,8 @@ def requested_device_count():
     try:
         count = int(raw)
     except ValueError:
-        raise ValueError(f"{ENV_VAR}={raw!r} is not a number: set it to the number of emulated HPUs, e.g. {ENV_VAR}=2")
+        raise ValueError(
+            f"{ENV_VAR}={raw!r} is not a number: set it to the number of emulated HPUs, e.g. {ENV_VAR}=2") from None
     if count < 0:
         raise ValueError(f"{ENV_VAR}={raw!r} must be >= 0")
     return count

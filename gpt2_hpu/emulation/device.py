@@ -27,6 +27,7 @@ CPU), numerical differences of Gaudi kernels.
 import torch
 
 from gpt2_hpu.emulation import DEVICE
+
 _HOST = torch.device("cpu")
 _aten = torch.ops.aten
 

@@ -6,7 +6,6 @@ Run as: python -c "from gpt2_hpu.selfcheck.probes import main; main()" PROBE [AR
 """
 import json
 import os
-import socket
 import sys
 
 from gpt2_hpu.selfcheck.children import RESULT_PREFIX
@@ -71,19 +70,15 @@ def probe_mark_step(mode):
     return {"mode": mode, "device": str(y.device), "bridge_calls": calls}
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def probe_hccl(world_size):
     """One process per card, as a training job starts them: hccl all-reduce (SUM) and all-gather."""
     import torch.multiprocessing
 
+    from gpt2_hpu.distributed import free_port
+
     world_size = int(world_size)
     os.environ["MASTER_ADDR"] = "localhost"
-    os.environ["MASTER_PORT"] = str(_free_port())
+    os.environ["MASTER_PORT"] = str(free_port())
     torch.multiprocessing.spawn(_hccl_rank, args=(world_size,), nprocs=world_size, join=True)
     return {"world_size": world_size}
 

@@ -9,9 +9,8 @@ from gpt2_hpu.emulation import device as _emulated_device  # noqa: E402
 
 _emulated_device.register()
 
-from . import core  # noqa: E402,F401
+from . import core, hpu  # noqa: E402,F401
 from .distributed import hccl  # noqa: E402,F401
-from . import hpu  # noqa: E402,F401
 from .utils.internal import emulated_release  # noqa: E402
 
 __version__ = "{}.{}.0 (emulated by gpt2_hpu)".format(*emulated_release())

@@ -10,10 +10,10 @@ from torch.utils._pytree import tree_map
 
 from gpt2_hpu.emulation import DEVICE
 from gpt2_hpu.emulation.device import HpuTensor
-
-from habana_frameworks.torch.utils.internal import is_lazy  # noqa: F401  (re-exported like the bridge)
-from .step_closure import add_step_closure, iter_mark_step, mark_step  # noqa: F401
 from habana_frameworks.torch import hpu as _hpu
+from habana_frameworks.torch.utils.internal import is_lazy  # noqa: F401  (re-exported like the bridge)
+
+from .step_closure import add_step_closure, iter_mark_step, mark_step  # noqa: F401
 
 if getattr(torch, "hpu", None) is not _hpu:
     torch._register_device_module("hpu", _hpu)

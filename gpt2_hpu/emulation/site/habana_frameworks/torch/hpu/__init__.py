@@ -109,7 +109,7 @@ def set_device(device):
 
 def get_device_name(device=None):
     if not is_available():
-        warnings.warn("Device not available")
+        warnings.warn("Device not available", stacklevel=2)
         return ""
     if _get_device_index(device) >= max(1, device_count()):
         raise AssertionError("Invalid device id")

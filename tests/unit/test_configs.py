@@ -3,7 +3,7 @@ import shlex
 
 from omegaconf import OmegaConf
 
-from conftest import REPO
+from helpers import REPO
 
 SEED_COMMAND = """/data/owt --distributed-world-size 8 --hpu --num-workers 2 --task language_modeling
  --arch transformer_lm_gpt --share-decoder-input-output-embed --dropout 0.1
@@ -69,7 +69,8 @@ def test_seed_yaml_composes_to_the_seed_command_line():
         else:
             assert a == b, section
     # The values that matter most, spelled out: GPT-2 small, not Fairseq's 6-layer default.
-    assert (yaml.model.decoder_layers, yaml.model.decoder_embed_dim, yaml.model.decoder_attention_heads) == (12, 768, 12)
+    model = yaml.model
+    assert (model.decoder_layers, model.decoder_embed_dim, model.decoder_attention_heads) == (12, 768, 12)
     assert yaml.common.hpu is True and yaml.distributed_training.zero_sharding == "os"
 
 

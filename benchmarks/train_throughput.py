@@ -192,6 +192,7 @@ def fairseq_args(config, args):
 def model_flops_per_token(args):
     """Training FLOPs per token of the preset's model, built (stock, on the meta device) from its arguments."""
     import torch
+
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 

@@ -10,7 +10,9 @@ import sys
 __version__ = "0.1.0"
 
 if "fairseq" in sys.modules:
-    from gpt2_hpu import adaptations
-    from gpt2_hpu import optim  # noqa: F401  (registers --optimizer fused_adamw)
+    from gpt2_hpu import (
+        adaptations,
+        optim,  # noqa: F401  (registers --optimizer fused_adamw)
+    )
 
     adaptations.apply()

@@ -8,6 +8,7 @@ otherwise runs Fairseq's own code unchanged. Parameters, buffers and state dict 
 checkpoints move both ways.
 """
 import torch.nn.functional as F
+
 from fairseq.modules import MultiheadAttention
 
 try:

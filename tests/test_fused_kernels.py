@@ -10,10 +10,10 @@ import subprocess
 import sys
 import textwrap
 
+import kernel_helpers as kh
 import pytest
 import torch
 
-import kernel_helpers as kh
 from helpers import PACKAGE_DIR, REPO, emulation_env
 
 
@@ -129,8 +129,13 @@ def test_state_dicts_are_stocks_and_load_both_ways():
 
 
 def test_copies_pickles_and_repeated_calls():
-    from gpt2_hpu.fused_attention import (FusedCausalSelfAttention, fused_attention_count, habana_sdpa,
-                                          torch_sdpa, use_fused_attention)
+    from gpt2_hpu.fused_attention import (
+        FusedCausalSelfAttention,
+        fused_attention_count,
+        habana_sdpa,
+        torch_sdpa,
+        use_fused_attention,
+    )
 
     model = kh.tiny_lm()
     assert use_fused_attention(model, habana_sdpa(kh.RecordingSDPA)) == 2

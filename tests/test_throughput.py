@@ -7,8 +7,9 @@ import os
 import pytest
 import torch
 
-from helpers import REPO
 from gpt2_hpu.throughput import Throughput, fairseq_lm_flops_per_token, flops_per_token, peak_bf16_flops
+
+from helpers import REPO
 
 
 def _load_benchmark():

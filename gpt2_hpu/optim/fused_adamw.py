@@ -22,9 +22,10 @@ from typing import Any, List
 
 import torch
 import torch.distributed as dist
+from omegaconf import II, OmegaConf
+
 from fairseq.dataclass import FairseqDataclass
 from fairseq.optim import FairseqOptimizer, register_optimizer
-from omegaconf import II, OmegaConf
 
 __all__ = ["FusedAdamWConfig", "FairseqFusedAdamW", "FairseqRuleAdamW"]
 

@@ -63,7 +63,8 @@ def test_amp_with_hpu_gets_one_line():
     assert precision(_cfg(hpu=False, amp=True)) is None
 
 
-@pytest.mark.parametrize("argv,tpu", [(["fairseq-train", "--bf16"], False), (["fairseq-train", "--bf16", "--tpu"], True)])
+@pytest.mark.parametrize("argv,tpu", [(["fairseq-train", "--bf16"], False),
+                                      (["fairseq-train", "--bf16", "--tpu"], True)])
 def test_bf16_leaves_tpu_only_when_asked_for(argv, tpu):
     cfg = _cfg(bf16=True, tpu=True)
     undo_implied_tpu(cfg, argv)

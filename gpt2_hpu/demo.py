@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from gpt2_hpu.errors import DemoError
+from gpt2_hpu.errors import DemoError, Gpt2HpuError
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -111,7 +111,7 @@ def sample(checkpoint, data_dir, prompt, tokens=60, seed=0):
 def main(argv=None):
     try:
         return _run(argv)
-    except DemoError as e:
+    except Gpt2HpuError as e:  # DemoError, or a UsageError such as a bad GPT2_HPU_EMULATE
         e.exit()
 
 

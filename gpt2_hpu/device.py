@@ -41,7 +41,7 @@ class HpuDevice:
         self._htcore, self._hthpu = htcore, hthpu
         self.lazy = bool(is_lazy())
         if mode is not None and self.lazy != (mode == "lazy"):
-            raise HabanaUnavailable(
+            raise UsageError(
                 f"--hpu-mode {mode} asked for, but Habana's bridge was already loaded in "
                 f"{'lazy' if self.lazy else 'eager'} mode: set {LAZY_MODE_ENV}={'1' if mode == 'lazy' else '0'} "
                 "before starting Python instead")
@@ -136,7 +136,7 @@ def _supply_habana_modules():
     try:
         count = emulation.requested_device_count()
     except ValueError as e:
-        raise HabanaUnavailable(str(e)) from None
+        raise UsageError(str(e)) from None
     if count > 0:
         emulation.install()
         return True

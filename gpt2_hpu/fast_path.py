@@ -91,6 +91,17 @@ def prepare_model(model, common, device_type, autocast_dtype, compile_backend, m
     return watch
 
 
+def compile_loss(criterion, watch):
+    """The criterion's loss (log_softmax over the vocabulary, then the NLL) as one compiled graph: eager, the
+    fp32 log-probabilities of every token are written and read back several times, forward and backward."""
+    if watch is None or not callable(getattr(criterion, "compute_loss", None)):
+        return False
+    # An instance attribute, as for the model: the criterion's class and state are Fairseq's own.
+    criterion.compute_loss = torch.compile(criterion.compute_loss, backend=watch.backend, dynamic=False)
+    logger.info(f"torch.compile: the loss of {type(criterion).__name__}")
+    return True
+
+
 def _autocast_forward(forward, device_type, dtype, *args, **kwargs):
     with torch.autocast(device_type=device_type, dtype=dtype):
         return forward(*args, **kwargs)

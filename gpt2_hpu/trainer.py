@@ -51,6 +51,7 @@ class PluginTrainer(Trainer):
         self._compile_watch = fast_path.prepare_model(self._model, cfg.common, self.autocast_device_type(),
                                                       self._autocast_dtype, self.compile_backend(),
                                                       self.fused_sdpa, lazy=self.is_lazy())
+        fast_path.compile_loss(self._criterion, self._compile_watch)
 
     # --- what the device answers (HpuTrainer overrides) -------------------------------------------------
     def autocast_device_type(self):

@@ -101,10 +101,8 @@ class FairseqRuleAdamW(torch.optim.AdamW):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        with torch.enable_grad():
+            loss = closure() if closure is not None else None
         eps = [group["eps"] for group in self.param_groups]
         try:
             for group in self.param_groups:

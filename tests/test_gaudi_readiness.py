@@ -17,7 +17,7 @@ what = sys.argv.pop(1)
 import fairseq_cli.train
 if what == "batch_move":
     from fairseq.trainer import Trainer
-    from gpt2_hpu.trainer import HpuTrainer
+    from gpt2_hpu.hpu_trainer import HpuTrainer
     HpuTrainer._prepare_sample = Trainer._prepare_sample
 else:
     adaptations._applied.add(what)  # counts as applied, so apply() leaves Fairseq's own code in place

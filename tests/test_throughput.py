@@ -173,7 +173,7 @@ def test_negative_warmup_is_refused():
 
 def test_configurations_per_device_and_their_commands(tmp_path):
     cuda = bench.parse_args(["--device", "cuda", "--preset", "seed"])
-    assert cuda.configs == ["stock-fp16", "stock-fp16-ckpt", "plugin-fast"] and cuda.rounds == 1
+    assert cuda.configs == ["stock-fp16", "plugin-fast", "plugin-fast-eager", "stock-fp16-ckpt"] and cuda.rounds == 1
     assert (cuda.updates, cuda.warmup, cuda.fast_flags) == (40, 10, ["--fast-path"])
     stock = bench.fairseq_args("stock-fp16-ckpt", cuda)
     fast = bench.fairseq_args("plugin-fast", cuda)

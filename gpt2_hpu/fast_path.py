@@ -27,7 +27,8 @@ RECOMPILE_WARMUP_UPDATES = 2  # the first update compiles forward and backward; 
 
 
 def expand(cfg):
-    """Turns `--fast-path` into the options it stands for (idempotent; run before the optimizer is built)."""
+    """Turns `--fast-path` into the options it stands for. Run once, in the launching process, before the
+    checks (adaptations.config_checks): spawned ranks receive the expanded config."""
     common = cfg.common
     if not getattr(common, "fast_path", False):
         return
@@ -48,8 +49,7 @@ def take_bf16(common):
     Fairseq's flags are cleared here, before its Trainer reads them."""
     if not (common.bf16 or common.memory_efficient_bf16):
         return None
-    if common.fp16 or common.amp:
-        raise UsageError("--bf16 with --fp16 or --amp: choose one precision")
+    # (--bf16 with --fp16 or --amp never gets here: checks.precision refuses it before launch.)
     with open_dict(common):
         common.bf16 = False
         common.memory_efficient_bf16 = False

@@ -44,7 +44,6 @@ class PluginTrainer(Trainer):
     def __init__(self, cfg, task, model, criterion, quantizer=None):
         self._zero_logged = False
         self._host_group = None  # gloo, for the statistics that live on the host
-        fast_path.expand(cfg)
         self._autocast_dtype = fast_path.take_bf16(cfg.common)
         super().__init__(cfg, task, model, criterion, quantizer)
         self.speed = fast_path.make_speed_meter(cfg, self._model, self.device_name())

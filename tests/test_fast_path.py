@@ -56,7 +56,7 @@ def test_compiled_training_does_not_recompile_after_warm_up(tiny_data, tmp_path)
 # Counts what an update reads back from the emulated HPU, apart from what Fairseq's decoder reads while it runs
 # (its `prev_output_tokens.eq(pad).any()` padding test, one per micro-batch).
 COUNT_HOST_READS = """
-import atexit, json, os, sys
+import json, os, sys
 from gpt2_hpu import adaptations
 import fairseq_cli.train
 adaptations.apply()
@@ -74,6 +74,7 @@ def counted_forward(self, *args, **kwargs):
         in_decoder[0] += emulated.host_reads() - before
 TransformerDecoder.forward = counted_forward
 
+# Each rank writes its own file after every update: ranks' exit-time prints can be lost or interleaved.
 per_update = []
 train_step = PluginTrainer.train_step
 def counted_step(self, samples, raise_oom=False):
@@ -81,9 +82,10 @@ def counted_step(self, samples, raise_oom=False):
     out = train_step(self, samples, raise_oom)
     decoder = in_decoder[0] - decoder_before
     per_update.append([emulated.host_reads() - before - decoder, decoder])
+    with open(os.path.join(os.environ["HOST_READS_DIR"], "rank%d.json" % self.data_parallel_rank), "w") as f:
+        json.dump(per_update, f)
     return out
 PluginTrainer.train_step = counted_step
-atexit.register(lambda: per_update and print("HOST_READS", json.dumps(per_update), flush=True))
 if __name__ == "__main__":
     sys.argv[0] = "fairseq-train"
     fairseq_cli.train.cli_main()
@@ -97,9 +99,11 @@ def test_an_update_reads_the_device_at_most_once(mode, ranks, tiny_data, tmp_pat
     args = _plugin_args(tiny_data, tmp_path / "ckpt", "--hpu", "--max-update", "6", "--update-freq", "2",
                         "--clip-norm", "1.0", "--no-save", "--log-interval", "100", "--distributed-world-size",
                         str(ranks), "--optimizer", "fused_adamw")
-    proc = run([sys.executable, script, *args], env=emulation_env(ranks, mode))
+    reads_dir = tmp_path / "host-reads"
+    reads_dir.mkdir()
+    proc = run([sys.executable, script, *args], env=emulation_env(ranks, mode, HOST_READS_DIR=reads_dir))
     assert proc.returncode == 0, proc.output[-3000:]
-    counts = [json.loads(line.split(" ", 1)[1]) for line in proc.output.splitlines() if line.startswith("HOST_READS")]
+    counts = [json.loads(path.read_text()) for path in sorted(reads_dir.glob("rank*.json"))]
     assert len(counts) == ranks
     for per_update in counts:
         assert len(per_update) == 6

@@ -20,6 +20,10 @@ Each entry is one small function; when Fairseq grows the hook it stands in for, 
    There too, before the checks: Fairseq's argparse turns --bf16 into --tpu (its TPU path), which the plugin
    undoes, since its --bf16 is autocast on the training device; and --fast-path becomes the options it stands
    for (fast_path.py), so the checks and every spawned rank see them.
+7. eval_lm_on_device: fairseq-eval-lm moves the models only to CUDA (and each batch to the models' device), and
+   fairseq_cli.eval_lm looks its `eval_lm` function up as a module global at call time; rebinding it (also in
+   `__main__` for `python -m fairseq_cli.eval_lm`) to evaluation.on_device puts the models, and so the batches,
+   on the HPU with --hpu, with a mark_step after each batch in lazy mode (evaluation.py).
 """
 import functools
 import sys
@@ -143,6 +147,18 @@ def config_checks():
     distributed_utils.call_main = call_main
 
 
+def eval_lm_on_device():
+    import fairseq_cli.eval_lm
+
+    from gpt2_hpu import evaluation
+
+    stock = fairseq_cli.eval_lm.eval_lm
+    fairseq_cli.eval_lm.eval_lm = evaluation.on_device(stock)
+    main_module = sys.modules.get("__main__")
+    if getattr(getattr(main_module, "__spec__", None), "name", None) == "fairseq_cli.eval_lm":
+        main_module.eval_lm = evaluation.on_device(main_module.eval_lm)
+
+
 ADAPTATIONS = [
     ("hpu_options", hpu_options),
     ("hpu_trainer", hpu_trainer),
@@ -150,4 +166,5 @@ ADAPTATIONS = [
     ("hpu_rng_state", hpu_rng_state),
     ("distributed_launch", distributed_launch),
     ("config_checks", config_checks),
+    ("eval_lm_on_device", eval_lm_on_device),
 ]

@@ -1,6 +1,7 @@
 """Console scripts that load the plugin before Fairseq parses or validates anything.
 
-`gpt2-hpu-train` is `fairseq-train --user-dir <this package>`; `gpt2-hpu-hydra-train` is
+`gpt2-hpu-train` is `fairseq-train --user-dir <this package>`, `gpt2-hpu-eval-lm` is
+`fairseq-eval-lm --user-dir <this package>` (perplexity, on the HPU with --hpu); `gpt2-hpu-hydra-train` is
 `fairseq-hydra-train` with the `--hpu` options already in Hydra's schema, so YAML files may set
 `common.hpu` (stock fairseq-hydra-train fixes its schema before any user dir is imported).
 """
@@ -34,6 +35,15 @@ def train_main():
     if not _has_option(sys.argv[1:], "--user-dir"):
         sys.argv[1:1] = ["--user-dir", PACKAGE_DIR]
     from fairseq_cli.train import cli_main
+
+    cli_main()
+
+
+def eval_lm_main():
+    _load_plugin("gpt2-hpu-eval-lm", "fairseq_cli.eval_lm")
+    if not _has_option(sys.argv[1:], "--user-dir"):
+        sys.argv[1:1] = ["--user-dir", PACKAGE_DIR]
+    from fairseq_cli.eval_lm import cli_main
 
     cli_main()
 

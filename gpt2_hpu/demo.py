@@ -2,7 +2,7 @@
 
     prepare  Python's own reference-manual text -> GPT-2 BPE -> Fairseq data   (gpt2-hpu-prepare)
     train    configs/demo.yaml through gpt2-hpu-hydra-train on HPU > CUDA > CPU
-    sample   the saved checkpoint continues a prompt
+    sample   the saved checkpoint continues a prompt on the same device   (gpt2-hpu-sample)
 
 Everything lands under --workdir (default runs/demo); a second run reuses the prepared data.
 """
@@ -17,26 +17,6 @@ from pathlib import Path
 from gpt2_hpu.errors import DemoError, Gpt2HpuError
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-
-
-def pick_device():
-    """Gaudi (or its emulation) first, then CUDA, then the CPU; returns (device, description)."""
-    try:
-        from gpt2_hpu.device import HabanaUnavailable, HpuDevice
-
-        hpu = HpuDevice()
-        # Only questions that do not acquire a card: on a 1-card host, a parent holding it would starve the
-        # training child (asking the device name acquires it).
-        if hpu.is_available():
-            cards = hpu.device_count()
-            return "hpu", (f"hpu ({cards} {'emulated ' if hpu.emulated else ''}card{'s' if cards > 1 else ''}, "
-                           f"{'lazy' if hpu.lazy else 'eager'} mode)")
-    except (HabanaUnavailable, ImportError):
-        pass
-    import torch
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return device, device
 
 
 def prepare(data_dir):
@@ -76,36 +56,15 @@ def train(device, data_dir, save_dir, workdir, config_dir, extra_overrides):
     return train_losses, valid_losses
 
 
-def sample(checkpoint, data_dir, prompt, tokens=60, seed=0):
-    import torch
-
-    from fairseq import checkpoint_utils
-
-    from gpt2_hpu.data.bpe import VocabSource
-
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)],
-                                                                      arg_overrides={"data": str(data_dir)})
-    model = models[0].eval().float().cpu()
-    dictionary = task.target_dictionary
-    encoding = VocabSource.parse().build()
-    # Dictionary symbols are GPT-2 token ids written as text; anything else (<unk>, padding) is never sampled.
-    is_token = torch.tensor([s.isdigit() for s in dictionary.symbols])
-    is_token[dictionary.eos()] = True
-    context = [dictionary.eos()] + [dictionary.index(str(t)) for t in encoding.encode_ordinary(prompt)]
-    window = cfg.task.tokens_per_sample
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _ in range(tokens):
-            logits = model(torch.tensor([context[-window:]]))[0][0, -1].float()
-            logits[~is_token] = float("-inf")
-            top = torch.topk(logits, 40)
-            probs = torch.softmax(top.values / 0.8, dim=-1)
-            context.append(int(top.indices[torch.multinomial(probs, 1, generator=generator)]))
-    pieces = []
-    for index in context[1:]:
-        symbol = dictionary[index]
-        pieces.append("\n" if index == dictionary.eos() else encoding.decode([int(symbol)]))
-    return "".join(pieces)
+def sample(checkpoint, data_dir, prompt, device):
+    """gpt2-hpu-sample on the training device, in a child process (this process never holds a card)."""
+    cmd = [sys.executable, "-m", "gpt2_hpu.sampling", "--path", str(checkpoint), "--data", str(data_dir),
+           "--device", device, "--prompt", prompt]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        raise DemoError(f"sampling failed (exit {proc.returncode}); see the log above")
+    return proc.stdout.rstrip("\n")
 
 
 def main(argv=None):
@@ -131,7 +90,12 @@ def _run(argv):
         raise DemoError(f"no demo.yaml in {args.config_dir}: run from the repository root or pass --config-dir")
 
     started = time.time()
-    device, description = pick_device() if args.device == "auto" else (args.device, args.device)
+    if args.device == "auto":
+        from gpt2_hpu.device import best_available
+
+        device, description = best_available()
+    else:
+        device, description = args.device, args.device
     print(f"== device: {description}", flush=True)
     print("== prepare: Python's reference-manual text -> GPT-2 BPE", flush=True)
     prepare(data_dir)
@@ -141,7 +105,7 @@ def _run(argv):
     train_seconds = time.time() - train_started
     checkpoint = save_dir / "checkpoint_last.pt"
     print("== sample", flush=True)
-    text = sample(checkpoint, data_dir, args.prompt)
+    text = sample(checkpoint, data_dir, args.prompt, device)
 
     print("\n== summary")
     print(f"device              {description}")

@@ -158,3 +158,19 @@ def active():
     """The process's HPU device once something has activated it (an --hpu run), else None: for hooks deep
     inside Fairseq (activation-checkpoint recompute, its RNG state) that see no trainer."""
     return _device
+
+
+def best_available():
+    """The best device here, Gaudi (or its emulation) first, then CUDA, then the CPU: ("hpu" | "cuda" | "cpu",
+    a description). Asks only what acquires no card: on a 1-card host a parent holding it would starve its
+    children (asking the card's name acquires it)."""
+    try:
+        hpu = HpuDevice()
+        if hpu.is_available():
+            cards = hpu.device_count()
+            return "hpu", (f"hpu ({cards} {'emulated ' if hpu.emulated else ''}card{'s' if cards > 1 else ''}, "
+                           f"{'lazy' if hpu.lazy else 'eager'} mode)")
+    except (HabanaUnavailable, ImportError):
+        pass
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return device, device

@@ -124,7 +124,7 @@ def config_checks():
     import fairseq.distributed.utils as distributed_utils
 
     from gpt2_hpu import checks, fast_path
-    from gpt2_hpu.errors import UsageError
+    from gpt2_hpu.errors import Gpt2HpuError
 
     launch = distributed_utils.call_main
 
@@ -137,10 +137,37 @@ def config_checks():
             # A setting found wrong only once the device is known (e.g. --compile in lazy mode) is raised as
             # a UsageError by the trainer: one line too.
             return launch(cfg, main, **kwargs)
-        except UsageError as e:
+        except Gpt2HpuError as e:
             e.exit()
 
     distributed_utils.call_main = call_main
+
+
+def safe_checkpoints():
+    import fairseq.checkpoint_utils as checkpoint_utils
+
+    from gpt2_hpu import checkpoints
+
+    stock_save = checkpoint_utils.torch_persistent_save
+    stock_path_manager = checkpoint_utils.PathManager
+
+    @functools.wraps(stock_save)
+    def torch_persistent_save(obj, filename, async_write=False):
+        if async_write or not checkpoints.is_local(filename):
+            return stock_save(obj, filename, async_write=async_write)
+        return checkpoints.save(obj, filename)
+
+    class PathManager(stock_path_manager):
+        @staticmethod
+        def copy(src_path, dst_path, overwrite=False):
+            if not (checkpoints.is_local(src_path) and checkpoints.is_local(dst_path)):
+                return stock_path_manager.copy(src_path, dst_path, overwrite=overwrite)
+            if not overwrite and stock_path_manager.exists(dst_path):
+                return False
+            return checkpoints.copy(src_path, dst_path)
+
+    checkpoint_utils.torch_persistent_save = torch_persistent_save
+    checkpoint_utils.PathManager = PathManager
 
 
 ADAPTATIONS = [
@@ -150,4 +177,5 @@ ADAPTATIONS = [
     ("hpu_rng_state", hpu_rng_state),
     ("distributed_launch", distributed_launch),
     ("config_checks", config_checks),
+    ("safe_checkpoints", safe_checkpoints),
 ]

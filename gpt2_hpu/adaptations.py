@@ -134,8 +134,8 @@ def config_checks():
         fast_path.expand(cfg)
         try:
             checks.check(cfg)
-            # A setting found wrong only once the device is known (e.g. --compile in lazy mode) is raised as
-            # a UsageError by the trainer: one line too.
+            # What is found wrong only later, in the trainer (a setting the device refuses, such as --compile in
+            # lazy mode; a checkpoint that cannot be used; a non-finite loss), is a Gpt2HpuError: one line too.
             return launch(cfg, main, **kwargs)
         except Gpt2HpuError as e:
             e.exit()

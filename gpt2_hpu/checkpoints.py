@@ -18,7 +18,6 @@ An unreadable file named explicitly, or no readable checkpoint at all, ends the 
 Not saving (`refuse_nonfinite`): a model with NaN or Inf parameters is never written; the run stops in one line
 that names the update and the checkpoint a relaunch resumes from.
 """
-import errno
 import logging
 import os
 import re
@@ -26,6 +25,7 @@ import shutil
 import socket
 import warnings
 
+from gpt2_hpu.data.common import fsync_dir
 from gpt2_hpu.errors import CheckpointError, TrainingStopped
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def _replace(target, fill):
     except BaseException:
         _remove(temp)
         raise
-    _fsync_folder(folder)
+    fsync_dir(folder)
 
 
 def partial_name(target_name, host=None, pid=None):
@@ -101,15 +101,6 @@ def _fsync(path):
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _fsync_folder(folder):
-    # Makes the rename durable; some file systems cannot fsync a directory, and the rename is still atomic there.
-    try:
-        _fsync(folder)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EISDIR, errno.EACCES):
-            raise
 
 
 def _remove(path):

@@ -24,6 +24,10 @@ Each entry is one small function; when Fairseq grows the hook it stands in for, 
    fairseq_cli.eval_lm looks its `eval_lm` function up as a module global at call time; rebinding it (also in
    `__main__` for `python -m fairseq_cli.eval_lm`) to evaluation.on_device puts the models, and so the batches,
    on the HPU with --hpu, with a mark_step after each batch in lazy mode (evaluation.py).
+8. safe_checkpoints: Fairseq writes a checkpoint without fsync and then makes checkpoint_last.pt (and the best
+   and interval files) with a plain file copy into the target, so a kill during that copy leaves a truncated
+   checkpoint_last.pt; its torch_persistent_save and its module's PathManager are replaced so that every local
+   write and copy goes to a temporary file, fsynced and renamed over the target (checkpoints.py).
 """
 import functools
 import sys
@@ -128,7 +132,7 @@ def config_checks():
     import fairseq.distributed.utils as distributed_utils
 
     from gpt2_hpu import checks, fast_path
-    from gpt2_hpu.errors import UsageError
+    from gpt2_hpu.errors import Gpt2HpuError
 
     launch = distributed_utils.call_main
 
@@ -138,10 +142,10 @@ def config_checks():
         fast_path.expand(cfg)
         try:
             checks.check(cfg)
-            # A setting found wrong only once the device is known (e.g. --compile in lazy mode) is raised as
-            # a UsageError by the trainer: one line too.
+            # What is found wrong only later, in the trainer (a setting the device refuses, such as --compile in
+            # lazy mode; a checkpoint that cannot be used; a non-finite loss), is a Gpt2HpuError: one line too.
             return launch(cfg, main, **kwargs)
-        except UsageError as e:
+        except Gpt2HpuError as e:
             e.exit()
 
     distributed_utils.call_main = call_main
@@ -159,6 +163,33 @@ def eval_lm_on_device():
         main_module.eval_lm = evaluation.on_device(main_module.eval_lm)
 
 
+def safe_checkpoints():
+    import fairseq.checkpoint_utils as checkpoint_utils
+
+    from gpt2_hpu import checkpoints
+
+    stock_save = checkpoint_utils.torch_persistent_save
+    stock_path_manager = checkpoint_utils.PathManager
+
+    @functools.wraps(stock_save)
+    def torch_persistent_save(obj, filename, async_write=False):
+        if async_write or not checkpoints.is_local(filename):
+            return stock_save(obj, filename, async_write=async_write)
+        return checkpoints.save(obj, filename)
+
+    class PathManager(stock_path_manager):
+        @staticmethod
+        def copy(src_path, dst_path, overwrite=False):
+            if not (checkpoints.is_local(src_path) and checkpoints.is_local(dst_path)):
+                return stock_path_manager.copy(src_path, dst_path, overwrite=overwrite)
+            if not overwrite and stock_path_manager.exists(dst_path):
+                return False
+            return checkpoints.copy(src_path, dst_path)
+
+    checkpoint_utils.torch_persistent_save = torch_persistent_save
+    checkpoint_utils.PathManager = PathManager
+
+
 ADAPTATIONS = [
     ("hpu_options", hpu_options),
     ("hpu_trainer", hpu_trainer),
@@ -167,4 +198,5 @@ ADAPTATIONS = [
     ("distributed_launch", distributed_launch),
     ("config_checks", config_checks),
     ("eval_lm_on_device", eval_lm_on_device),
+    ("safe_checkpoints", safe_checkpoints),
 ]

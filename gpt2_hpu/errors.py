@@ -44,3 +44,13 @@ class DemoError(Gpt2HpuError):
 
     prog = "gpt2-hpu-demo"
     exit_code = 1
+
+
+class CheckpointError(Gpt2HpuError):
+    """A checkpoint that cannot be read, or that does not fit the run (exit 2)."""
+
+
+class TrainingStopped(Gpt2HpuError):
+    """Training cannot go on: a non-finite loss, gradient or parameter (exit 1)."""
+
+    exit_code = 1

@@ -14,6 +14,10 @@ The fast path (each piece its own option; `--fast-path` turns them all on, see f
 Every `train_inner` line then reports tokens/s without warm-up, validation and checkpoint time, MFU where the
 device's bf16 peak is known, and peak device memory.
 
+Checkpoints (checkpoints.py): an unreadable checkpoint_last.pt gives way to the newest readable checkpoint, a
+checkpoint whose vocabulary differs from the dictionary's is refused, a model with NaN or Inf parameters is never
+saved, and Fairseq's stop on a non-finite loss or gradient ends the run in one line.
+
 The HPU specifics (device, mark_step schedule, Habana's fused clip) live in hpu_trainer.py.
 """
 import logging
@@ -25,7 +29,7 @@ from fairseq import metrics, utils
 from fairseq.distributed import utils as distributed_utils
 from fairseq.trainer import Trainer
 
-from gpt2_hpu import fast_path, stats
+from gpt2_hpu import checkpoints, fast_path, stats
 from gpt2_hpu.optim import zero
 
 logger = logging.getLogger(__name__)
@@ -160,7 +164,12 @@ class PluginTrainer(Trainer):
 
     # --- steps ------------------------------------------------------------------------------------------
     def train_step(self, samples, raise_oom=False):
-        logging_output = super().train_step(samples, raise_oom)
+        try:
+            logging_output = super().train_step(samples, raise_oom)
+        except FloatingPointError as e:
+            # Fairseq has saved crash.pt and re-run the update under its NanDetector: the stop, in one line.
+            raise checkpoints.training_stopped(e, self.get_num_updates() + 1, self.cfg.checkpoint.save_dir,
+                                               self.checkpoint_suffix) from e
         self._log_zero_shards_once()
         if logging_output is not None:
             # The host waited for this update's backward (Fairseq's finite-gradient check), so the host clock
@@ -177,6 +186,9 @@ class PluginTrainer(Trainer):
         return logging_output
 
     def save_checkpoint(self, filename, extra_state):
+        if self.should_save_checkpoint_on_current_rank:
+            checkpoints.refuse_nonfinite(self.get_model(), filename, self.get_num_updates(),
+                                         self.cfg.checkpoint.save_dir, self.checkpoint_suffix)
         with self.speed.paused():
             return super().save_checkpoint(filename, extra_state)
 
@@ -232,7 +244,25 @@ class PluginTrainer(Trainer):
             # torch >= 2.6, which rejects the saved DictConfig: every rank reads the file itself instead.
             with open_dict(self.cfg.checkpoint):
                 self.cfg.checkpoint.load_checkpoint_on_all_dp_ranks = True
+        # Every rank reads the file itself (above), so every rank checks it and makes the same choice.
+        suffix = self.checkpoint_suffix
+        filename, found = checkpoints.choose_restore(filename, self.cfg.checkpoint, suffix,
+                                                     option=_option_naming(filename, self.cfg.checkpoint, suffix),
+                                                     announce=self.data_parallel_rank == 0)
+        if found is not None:
+            checkpoints.check_vocabulary(found, self.get_model(), self.task)
+            del found  # its tensors are mapped from the file
         return super().load_checkpoint(filename, *args, **kwargs)
+
+
+def _option_naming(filename, checkpoint_cfg, suffix):
+    """The option that gave Fairseq's checkpoint_utils.load_checkpoint this file name (it adds the shard suffix)."""
+    for option, key in (("--restore-file", "restore_file"), ("--finetune-from-model", "finetune_from_model"),
+                        ("--continue-once", "continue_once")):
+        value = getattr(checkpoint_cfg, key, None)
+        if value and filename in (value, value.replace(".pt", (suffix or "") + ".pt")):
+            return option
+    return None
 
 
 def _is_plain(fairseq_optimizer):

@@ -11,6 +11,7 @@
 """
 import json
 import multiprocessing.connection
+import multiprocessing.resource_tracker
 import os
 import signal
 import sys
@@ -31,6 +32,8 @@ def spawn(rank_main, args, nprocs):
     with tempfile.TemporaryDirectory(prefix="gpt2-hpu-ranks-") as reports, _Forwarding() as forwarding:
         # The ranks start with SIGTERM and SIGINT blocked (a signal mask survives fork and exec), and unblock
         # them once they take them (preemption.install): one that arrives while a rank starts up waits for it.
+        # Multiprocessing's resource tracker unblocks both in this process when it starts: it starts first.
+        multiprocessing.resource_tracker.ensure_running()
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, preemption.SIGNALS)
         try:
             context = torch.multiprocessing.spawn(fn=_rank, args=(rank_main, args, reports), nprocs=nprocs,

@@ -14,7 +14,9 @@ Each entry is one small function; when Fairseq grows the hook it stands in for, 
    dropout, know the CPU, CUDA and XLA generators only; on HPU dropout draws from the HPU generator, so without
    its state the recompute draws other masks and the gradients are silently wrong.
 5. distributed_launch: Fairseq's spawn and torchrun paths count CUDA devices (0 on Gaudi or CPU) and default
-   to nccl; we wrap call_main to launch on HPU (hccl) and CPU (gloo).
+   to nccl; we wrap call_main to launch on HPU (hccl) and CPU (gloo). There too, every rank closes Fairseq's
+   TensorBoard writers when training ends: Fairseq closes them in an atexit handler, which a spawned rank runs
+   only after multiprocessing's exit function has closed the queues tensorboardX's writer threads read from.
 6. config_checks: Fairseq accepts settings it crashes on much later (cosine with max_update == warmup_updates,
    a data folder without dict.txt); we check the config in call_main, before anything is built (checks.py).
    There too, before the checks: Fairseq's argparse turns --bf16 into --tpu (its TPU path), which the plugin
@@ -28,8 +30,12 @@ Each entry is one small function; when Fairseq grows the hook it stands in for, 
    and interval files) with a plain file copy into the target, so a kill during that copy leaves a truncated
    checkpoint_last.pt; its torch_persistent_save and its module's PathManager are replaced so that every local
    write and copy goes to a temporary file, fsynced and renamed over the target (checkpoints.py).
+9. stop_on_signal: Fairseq dies of SIGTERM/SIGINT wherever it is, losing everything since the last save;
+   fairseq_cli.train's loop looks `validate_and_save` up as a module global after every update, so rebinding it
+   (also in `__main__` for `python -m fairseq_cli.train`) stops there with a checkpoint (preemption.py).
 """
 import functools
+import os
 import sys
 
 _applied = set()
@@ -190,6 +196,19 @@ def safe_checkpoints():
     checkpoint_utils.PathManager = PathManager
 
 
+def stop_on_signal():
+    import fairseq_cli.train
+
+    from gpt2_hpu import preemption
+
+    modules = [fairseq_cli.train]
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main_file and os.path.realpath(main_file) == os.path.realpath(fairseq_cli.train.__file__):
+        modules.append(sys.modules["__main__"])
+    for module in modules:
+        module.validate_and_save = preemption.stopping(module.validate_and_save)
+
+
 ADAPTATIONS = [
     ("hpu_options", hpu_options),
     ("hpu_trainer", hpu_trainer),
@@ -199,4 +218,5 @@ ADAPTATIONS = [
     ("config_checks", config_checks),
     ("eval_lm_on_device", eval_lm_on_device),
     ("safe_checkpoints", safe_checkpoints),
+    ("stop_on_signal", stop_on_signal),
 ]

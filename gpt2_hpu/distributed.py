@@ -6,14 +6,17 @@ Launches, in order of precedence:
 - one host, `--distributed-world-size N`: N processes spawned here, one per HPU, on a free local port.
 CUDA runs (and TPU) go through Fairseq unchanged.
 """
+import functools
 import ipaddress
 import logging
 import os
 import socket
+import sys
 
 import torch
 
 from gpt2_hpu import device as hpu_device
+from gpt2_hpu import launcher, preemption
 from gpt2_hpu.config import hpu_mode_arg
 from gpt2_hpu.errors import UsageError
 
@@ -33,6 +36,7 @@ def uses_fairseq_launch(cfg):
 
 def call_main(cfg, main, fairseq_call_main, setup_rank, **kwargs):
     """`setup_rank()` runs first in every spawned rank: a fresh interpreter has none of the run-time adaptations."""
+    main = functools.partial(_train_then_close_writers, main)
     if uses_fairseq_launch(cfg):
         return fairseq_call_main(cfg, main, **kwargs)
     try:
@@ -43,10 +47,26 @@ def call_main(cfg, main, fairseq_call_main, setup_rank, **kwargs):
         e.exit()
     if plan == "spawn":
         _spawn(cfg, main, setup_rank, kwargs)
-    elif plan == "env":
+        return
+    preemption.install()  # this process trains
+    if plan == "env":
         _run_rank(cfg.distributed_training.device_id, main, cfg, kwargs)
     else:
         main(cfg, **kwargs)
+
+
+def _train_then_close_writers(main, cfg, **kwargs):
+    """Fairseq closes its TensorBoard writers in an atexit handler. A spawned rank runs multiprocessing's exit
+    function first, as soon as its function returns, and that closes the queue each tensorboardX writer thread
+    reads from: the threads die in tracebacks ("handle is closed"), and their last events are lost."""
+    try:
+        return main(cfg, **kwargs)
+    finally:
+        progress_bar = sys.modules.get("fairseq.logging.progress_bar")
+        writers = getattr(progress_bar, "_tensorboard_writers", {})
+        for writer in writers.values():
+            writer.close()
+        writers.clear()
 
 
 def _activate(cfg):
@@ -133,9 +153,8 @@ def _spawn(cfg, main, setup_rank, kwargs):
     dt = cfg.distributed_training
     kwargs = dict(kwargs, start_rank=dt.distributed_rank or 0)
     dt.distributed_rank = None  # each child takes start_rank + its index
-    # join=True: when any rank dies, the others are terminated and the error is raised here (no hang).
-    torch.multiprocessing.spawn(fn=_run_spawned_rank, args=(main, cfg, setup_rank, kwargs),
-                                nprocs=dt.distributed_world_size, join=True)
+    # When any rank fails, the others are ended too and the error is reported here (no hang).
+    launcher.spawn(_run_spawned_rank, (main, cfg, setup_rank, kwargs), dt.distributed_world_size)
 
 
 def _run_spawned_rank(index, main, cfg, setup_rank, kwargs):

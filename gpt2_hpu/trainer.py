@@ -29,7 +29,7 @@ from fairseq import metrics, utils
 from fairseq.distributed import utils as distributed_utils
 from fairseq.trainer import Trainer
 
-from gpt2_hpu import checkpoints, fast_path, stats
+from gpt2_hpu import checkpoints, fast_path, preemption, stats
 from gpt2_hpu.optim import zero
 
 logger = logging.getLogger(__name__)
@@ -46,8 +46,10 @@ def trainer_for(cfg, task, model, criterion, quantizer=None):
 
 class PluginTrainer(Trainer):
     def __init__(self, cfg, task, model, criterion, quantizer=None):
+        # Every training process builds one trainer, before Fairseq forks its data loader workers.
+        preemption.install()
         self._zero_logged = False
-        self._host_group = None  # gloo, for the statistics that live on the host
+        self._host_group = None  # gloo, for what lives on the host: statistics, the preemption flag
         self._autocast_dtype = fast_path.take_bf16(cfg.common)
         super().__init__(cfg, task, model, criterion, quantizer)
         self.speed = fast_path.make_speed_meter(cfg, self._model, self.device_name())
@@ -225,12 +227,16 @@ class PluginTrainer(Trainer):
     def stat_dtype(self):
         return torch.float64
 
-    def _sum_on_host(self, values):
+    def host_group(self):
+        """The data-parallel ranks in a gloo group. First called by every rank at the same point of the same
+        update (its first statistics sum, or its first preemption check): a safe point for a collective."""
         if self._host_group is None:
-            # Every rank reaches its first statistics sum at the same update: a safe point for a collective.
             ranks = torch.distributed.get_process_group_ranks(self.data_parallel_process_group)
             self._host_group = torch.distributed.new_group(ranks=ranks, backend="gloo")
-        torch.distributed.all_reduce(values, group=self._host_group)
+        return self._host_group
+
+    def _sum_on_host(self, values):
+        torch.distributed.all_reduce(values, group=self.host_group())
         return values
 
     def _sum_on_device(self, values):

@@ -76,13 +76,13 @@ def run(cmd, env=None, timeout=300, cwd=None):
     return proc
 
 
-def fairseq_train(args, env=None, timeout=300, entry="fairseq-train"):
+def fairseq_train(args, env=None, timeout=300, entry="fairseq-train", cwd=None):
     """Runs Fairseq's training CLI: "fairseq-train", "python -m", or our "gpt2-hpu-train"."""
     if entry == "python -m":
         cmd = [sys.executable, "-m", "fairseq_cli.train", *args]
     else:
         cmd = [BIN / entry, *args]
-    proc = run(cmd, env=env, timeout=timeout)
+    proc = run(cmd, env=env, timeout=timeout, cwd=cwd)
     assert proc.returncode == 0, proc.output[-4000:]
     return proc
 

@@ -1,10 +1,12 @@
 """ZeRO-1 and multi-process training on emulated HPUs (hccl over gloo) and on CPU (gloo)."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from gpt2_hpu.distributed import free_port
@@ -23,16 +25,17 @@ MODEL[MODEL.index("--decoder-layers") + 1] = "4"
 MODEL[MODEL.index("--decoder-ffn-embed-dim") + 1] = "256"
 
 
-def _train(data, save_dir, world_size, *extra, devices=None, env_extra=None, max_update=6, timeout=400):
+def _train(data, save_dir, world_size, *extra, devices=None, env_extra=None, max_update=6, timeout=400,
+           mode="lazy", cwd=None):
     args = [data, "--user-dir", PACKAGE_DIR, "--hpu", *MODEL, "--distributed-world-size", str(world_size),
             "--max-update", str(max_update), "--update-freq", "2", "--clip-norm", "0.5", "--save-dir", save_dir,
             "--ddp-backend", "pytorch_ddp", *extra]
-    env = emulation_env(devices or world_size, "lazy", **(env_extra or {}))
-    return fairseq_train(args, env=env, timeout=timeout).output
+    env = emulation_env(devices or world_size, mode, **(env_extra or {}))
+    return fairseq_train(args, env=env, timeout=timeout, cwd=cwd).output
 
 
 def _params(checkpoint):
-    return torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+    return _load(checkpoint)["model"]
 
 
 def _zero_shares(output):
@@ -93,25 +96,93 @@ def test_zero1_on_four_ranks_holds_a_quarter_each(tiny_data, tmp_path):
         assert abs(share - sum(shares) / 4) <= 0.10 * sum(shares) / 4, shares
 
 
-def test_resume_same_world_size_is_identical_and_other_sizes_work(tiny_data, tmp_path):
-    straight = tmp_path / "straight"
-    _train(tiny_data, straight, 2, "--zero-sharding", "os", max_update=6)
-    halves = tmp_path / "halves"
-    _train(tiny_data, halves, 2, "--zero-sharding", "os", max_update=3)
-    resumed = _train(tiny_data, halves, 2, "--zero-sharding", "os", max_update=6)
-    assert "Loaded checkpoint" in resumed
-    a, b = _params(straight / "checkpoint_last.pt"), _params(halves / "checkpoint_last.pt")
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+# Exact resume, with all that makes it hard at once: gradient accumulation (update-freq 2), dropout and attention
+# dropout replayed by activation checkpointing, ZeRO-1 on 2 ranks, the cosine schedule with warm-up (its period
+# derived from --max-update, as in the seed recipe). A straight run of 2 x RESTART_AT updates saves at update
+# RESTART_AT: inside the 4 warm-up updates, and mid-epoch (an epoch is about 50 updates here).
+RESTART_AT = 3
+TWO_LAYERS = ["--decoder-layers", "2"]  # over MODEL's 4: no shard balance to show here, and half the time
+EXACT = [*TWO_LAYERS, "--zero-sharding", "os", "--dropout", "0.1", "--attention-dropout", "0.1",
+         "--checkpoint-activations", "--warmup-updates", "4", "--save-interval-updates", str(RESTART_AT)]
+# Per-update values that depend only on the training state (not on the clock or memory).
+DETERMINED = ("epoch", "num_updates", "loss", "ppl", "wpb", "bsz", "lr", "gnorm", "clip")
+SEED_RECIPE, FAST_PATH_OPTIMIZER = ("lazy", "adam"), ("eager", "fused_adamw")
 
-    # 2 ranks (sharded) -> 4 ranks (sharded), and -> 1 rank (unsharded), from the same checkpoint.
+
+@pytest.fixture(scope="module")
+def straight_run(request, tiny_data, tmp_path_factory):
+    """2 x RESTART_AT updates in one launch, in HPU mode and with the optimizer of request.param."""
+    mode, optimizer = request.param
+    folder = tmp_path_factory.mktemp(f"straight-{mode}-{optimizer}")
+    output = _train(tiny_data, "checkpoints", 2, *EXACT, "--optimizer", optimizer, max_update=2 * RESTART_AT,
+                    mode=mode, cwd=folder)
+    return request.param, folder / "checkpoints", output
+
+
+@pytest.mark.parametrize("straight_run", [SEED_RECIPE, FAST_PATH_OPTIMIZER], indirect=True, ids="-".join)
+def test_restart_continues_bit_for_bit(tiny_data, tmp_path, straight_run):
+    (mode, optimizer), straight, straight_output = straight_run
+    # What a job stopped after its save at update RESTART_AT leaves behind, relaunched with the very same command
+    # line (--max-update included, so the cosine schedule is the same).
+    (tmp_path / "checkpoints").mkdir()
+    shutil.copy(straight / f"checkpoint_1_{RESTART_AT}.pt", tmp_path / "checkpoints" / "checkpoint_last.pt")
+    restarted_output = _train(tiny_data, "checkpoints", 2, *EXACT, "--optimizer", optimizer,
+                              max_update=2 * RESTART_AT, mode=mode, cwd=tmp_path)
+    assert "Loaded checkpoint" in restarted_output
+
+    at_restart = _load(straight / f"checkpoint_1_{RESTART_AT}.pt")["extra_state"]["train_iterator"]
+    assert (at_restart["epoch"], at_restart["iterations_in_epoch"]) == (1, 2 * RESTART_AT)  # 2 batches an update
+    straight_records = log_records(straight_output, "train_inner")
+    restarted_records = log_records(restarted_output, "train_inner")
+    assert [int(r["num_updates"]) for r in straight_records] == list(range(1, 2 * RESTART_AT + 1))
+    assert {int(r["epoch"]) for r in straight_records} == {1}
+    assert [{k: r[k] for k in DETERMINED} for r in restarted_records] == \
+        [{k: r[k] for k in DETERMINED} for r in straight_records[RESTART_AT:]]
+
+    a, b = _load(straight / "checkpoint_last.pt"), _load(tmp_path / "checkpoints" / "checkpoint_last.pt")
+    _assert_identical(a["model"], b["model"], "model")
+    # The consolidated optimizer state of every parameter (Adam's exp_avg, exp_avg_sq, step) and its groups.
+    adam = a["last_optimizer_state"]
+    assert adam["state"] and all({"exp_avg", "exp_avg_sq", "step"} <= set(s) for s in adam["state"].values())
+    _assert_identical(adam, b["last_optimizer_state"], "optimizer")
+    # The running sums of the epoch's `train` line, carried across the restart in the checkpoint.
+    _assert_identical(_epoch_sums(a), _epoch_sums(b), "train meters")
+    assert a["extra_state"]["train_iterator"] == b["extra_state"]["train_iterator"]
+
+
+@pytest.mark.parametrize("straight_run", [SEED_RECIPE], indirect=True, ids="-".join)
+def test_resume_on_other_world_sizes(tiny_data, tmp_path, straight_run):
+    """2 ranks (sharded) -> 4 ranks (sharded), and -> 1 rank (unsharded), from the same checkpoint."""
+    _, straight, _ = straight_run
     for world_size, extra in [(4, ["--zero-sharding", "os"]), (1, [])]:
-        target = tmp_path / f"to{world_size}"
-        out = _train(tiny_data, target, world_size, *extra, "--restore-file", halves / "checkpoint_last.pt",
-                     max_update=8, devices=max(world_size, 1))
-        records = log_records(out, "train_inner")
-        assert records and int(records[0]["num_updates"]) == 7, out[-2000:]
-        assert int(records[-1]["num_updates"]) == 8
+        out = _train(tiny_data, tmp_path / f"to{world_size}", world_size, *TWO_LAYERS, *extra, "--restore-file",
+                     straight / f"checkpoint_1_{RESTART_AT}.pt", max_update=RESTART_AT + 2)
+        assert [int(r["num_updates"]) for r in log_records(out, "train_inner")] == [RESTART_AT + 1, RESTART_AT + 2]
+
+
+def _load(checkpoint):
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)
+
+
+def _epoch_sums(checkpoint):
+    meters = checkpoint["extra_state"]["metrics"]["train"]
+    return {name: state for _, name, _, state in meters if name in DETERMINED}
+
+
+def _assert_identical(a, b, where):
+    """Same structure, every tensor torch.equal (bitwise, dtype included), every other value ==."""
+    if torch.is_tensor(a):
+        assert torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for key in a:
+            _assert_identical(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, (where, a, b)
 
 
 def test_seed_command_runs_on_two_emulated_hpus(tiny_data, tmp_path):

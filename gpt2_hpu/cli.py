@@ -3,7 +3,7 @@
 `gpt2-hpu-train` is `fairseq-train --user-dir <this package>`, `gpt2-hpu-eval-lm` is
 `fairseq-eval-lm --user-dir <this package>` (perplexity, on the HPU with --hpu); `gpt2-hpu-hydra-train` is
 `fairseq-hydra-train` with the `--hpu` options already in Hydra's schema, so YAML files may set
-`common.hpu` (stock fairseq-hydra-train fixes its schema before any user dir is imported). Both say what is
+`common.hpu` (stock fairseq-hydra-train fixes its schema before any user dir is imported). They say what is
 wrong in one line where Fairseq or Hydra would print a traceback or a paragraph, or go on silently: a
 --user-dir that does not exist (Fairseq imports it before anything else), a --config-name with no file, and
 Hydra's configuration errors (an unknown key in a YAML file or an override).
@@ -137,6 +137,7 @@ def train_main():
 
 
 def eval_lm_main():
+    _check_user_dir("gpt2-hpu-eval-lm", sys.argv[1:])
     _load_plugin("gpt2-hpu-eval-lm", "fairseq_cli.eval_lm")
     if not _has_option(sys.argv[1:], "--user-dir"):
         sys.argv[1:1] = ["--user-dir", PACKAGE_DIR]

@@ -18,10 +18,11 @@ Each entry is one small function; when Fairseq grows the hook it stands in for, 
    TensorBoard writers when training ends: Fairseq closes them in an atexit handler, which a spawned rank runs
    only after multiprocessing's exit function has closed the queues tensorboardX's writer threads read from.
 6. config_checks: Fairseq accepts settings it crashes on much later (cosine with max_update == warmup_updates,
-   a data folder without dict.txt); we check the config in call_main, before anything is built (checks.py).
-   There too, before the checks: Fairseq's argparse turns --bf16 into --tpu (its TPU path), which the plugin
-   undoes, since its --bf16 is autocast on the training device; and --fast-path becomes the options it stands
-   for (fast_path.py), so the checks and every spawned rank see them.
+   a data folder without dict.txt or its splits, --hpu with --cpu, a key Hydra let in that no dataclass
+   declares); we check the config in call_main, before anything is built or written (checks.py). There too,
+   before the checks: Fairseq's argparse turns --bf16 into --tpu (its TPU path), which the plugin undoes, since
+   its --bf16 is autocast on the training device; and --fast-path becomes the options it stands for
+   (fast_path.py), so the checks and every spawned rank see them.
 7. eval_lm_on_device: fairseq-eval-lm moves the models only to CUDA (and each batch to the models' device), and
    fairseq_cli.eval_lm looks its `eval_lm` function up as a module global at call time; rebinding it (also in
    `__main__` for `python -m fairseq_cli.eval_lm`) to evaluation.on_device puts the models, and so the batches,
@@ -33,6 +34,8 @@ Each entry is one small function; when Fairseq grows the hook it stands in for, 
 9. stop_on_signal: Fairseq dies of SIGTERM/SIGINT wherever it is, losing everything since the last save;
    fairseq_cli.train's loop looks `validate_and_save` up as a module global after every update, so rebinding it
    (also in `__main__` for `python -m fairseq_cli.train`) stops there with a checkpoint (preemption.py).
+10. command_line_checks: Fairseq's argparse refuses --bf16 with --fp16 itself, with a bare ValueError (its
+    --bf16 implies --tpu), before call_main; wrapping parse_args_and_arch turns that into the checks' one line.
 """
 import functools
 import os
@@ -147,7 +150,7 @@ def config_checks():
         checks.undo_implied_tpu(cfg, sys.argv)
         fast_path.expand(cfg)
         try:
-            checks.check(cfg)
+            checks.check(cfg, training=checks.trains(main))
             # What is found wrong only later, in the trainer (a setting the device refuses, such as --compile in
             # lazy mode; a checkpoint that cannot be used; a non-finite loss), is a Gpt2HpuError: one line too.
             return launch(cfg, main, **kwargs)
@@ -209,6 +212,27 @@ def stop_on_signal():
         module.validate_and_save = preemption.stopping(module.validate_and_save)
 
 
+def command_line_checks():
+    import fairseq.options as options
+
+    from gpt2_hpu import checks
+    from gpt2_hpu.errors import UsageError
+
+    original = options.parse_args_and_arch
+
+    @functools.wraps(original)
+    def parse_args_and_arch(parser, input_args=None, *args, **kwargs):
+        try:
+            return original(parser, input_args, *args, **kwargs)
+        except ValueError:
+            message = checks.command_line(sys.argv[1:] if input_args is None else input_args)
+            if message is None:
+                raise
+            UsageError(message).exit()
+
+    options.parse_args_and_arch = parse_args_and_arch
+
+
 ADAPTATIONS = [
     ("hpu_options", hpu_options),
     ("hpu_trainer", hpu_trainer),
@@ -219,4 +243,5 @@ ADAPTATIONS = [
     ("eval_lm_on_device", eval_lm_on_device),
     ("safe_checkpoints", safe_checkpoints),
     ("stop_on_signal", stop_on_signal),
+    ("command_line_checks", command_line_checks),
 ]

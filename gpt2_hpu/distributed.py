@@ -15,8 +15,8 @@ import sys
 
 import torch
 
+from gpt2_hpu import checks, launcher, preemption
 from gpt2_hpu import device as hpu_device
-from gpt2_hpu import launcher, preemption
 from gpt2_hpu.config import hpu_mode_arg
 from gpt2_hpu.errors import UsageError
 
@@ -38,9 +38,14 @@ def call_main(cfg, main, fairseq_call_main, setup_rank, **kwargs):
     """`setup_rank()` runs first in every spawned rank: a fresh interpreter has none of the run-time adaptations."""
     main = functools.partial(_train_then_close_writers, main)
     if uses_fairseq_launch(cfg):
+        try:
+            _check_fairseq_launch(cfg)
+        except UsageError as e:
+            e.exit()
         return fairseq_call_main(cfg, main, **kwargs)
     try:
         plan = _plan_launch(cfg)
+        _refuse(checks.zero_sharding(cfg))
         if plan == "single" and cfg.common.hpu:
             _activate(cfg)
     except UsageError as e:
@@ -67,6 +72,28 @@ def _train_then_close_writers(main, cfg, **kwargs):
         for writer in writers.values():
             writer.close()
         writers.clear()
+
+
+def _refuse(message):
+    if message:
+        raise UsageError(message)
+
+
+def _check_fairseq_launch(cfg):
+    """Fairseq's own launcher (CUDA, TPU) finds its world size in call_main; under torchrun or Slurm it may take
+    the launcher's (Fairseq 0.12.2 always does), so only a launch of this host alone is checked here."""
+    dt = cfg.distributed_training
+    if any(k in os.environ for k in ("WORLD_SIZE", "SLURM_JOB_NODELIST", "SLURM_STEP_NODELIST")):
+        return
+    _refuse(checks.zero_sharding(cfg))
+    world_size = dt.distributed_world_size or 1
+    if cfg.common.tpu or world_size <= 1 or dt.distributed_init_method is not None or dt.distributed_port > 0:
+        return
+    # Fairseq's one-host launch asserts this, with a traceback.
+    available = torch.cuda.device_count()
+    if world_size > available:
+        raise UsageError(f"--distributed-world-size {world_size} asks for {world_size} GPUs but this host has "
+                         f"{available}: lower it, or launch across hosts with torchrun or Slurm")
 
 
 def _activate(cfg):

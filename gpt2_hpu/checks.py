@@ -181,6 +181,19 @@ def user_dir(cfg):
     return None
 
 
+def model_paths(cfg):
+    """fairseq-eval-lm, fairseq-validate and the like read `--path` (common_eval.path, several joined by os.pathsep)
+    only once the task is set up, and a missing file ends in an OSError traceback."""
+    common_eval = _get(cfg, "common_eval")
+    path = _get(common_eval, "path") if common_eval is not None else None
+    if not path or "://" in str(path):
+        return None
+    for one in str(path).split(os.pathsep):
+        if not os.path.isfile(one):
+            return f"--path {_where(one)}: no such checkpoint file; give the .pt file a training run saved"
+    return None
+
+
 _ADDED_BY_FAIRSEQ = {"job_logging_cfg"}  # fairseq_cli.hydra_train stores Hydra's logging config there
 
 
@@ -261,7 +274,7 @@ def command_line(argv):
     return None
 
 
-CHECKS = [unknown_settings, devices, precision, cosine_schedule, language_modeling_data, user_dir]
+CHECKS = [unknown_settings, devices, precision, cosine_schedule, language_modeling_data, user_dir, model_paths]
 TRAINING_CHECKS = [training_splits]
 
 

@@ -309,3 +309,14 @@ def test_other_hydra_errors_keep_their_first_paragraph():
                                                        "config search path.\n\nConfig search path:\n\tfile://a",
                                                        "x")) == (
         "Cannot find primary config 'x'. Check that it's in your config search path")
+
+
+def test_an_evaluation_checkpoint_that_does_not_exist_is_named(tmp_path):
+    saved = tmp_path / "checkpoint_best.pt"
+    saved.write_bytes(b"")
+    missing = tmp_path / "checkpoint_last.pt"
+    cfg = OmegaConf.create({"common_eval": {"path": f"{saved}:{missing}"}})
+    assert checks.model_paths(cfg) == f"--path {missing}: no such checkpoint file; give the .pt file a training " \
+        "run saved"
+    assert checks.model_paths(OmegaConf.create({"common_eval": {"path": str(saved)}})) is None
+    assert checks.model_paths(OmegaConf.create({"common_eval": {"path": None}})) is None

@@ -125,25 +125,22 @@ def _hydra_errors_in_one_line(prog):
     hydra_utils.run_and_report = run_and_report
 
 
-def train_main():
-    _check_user_dir("gpt2-hpu-train", sys.argv[1:])
-    _load_plugin("gpt2-hpu-train", "fairseq_cli.train")
-    # Spawned ranks re-import the user dir named in the config: name this package.
+def _run_fairseq_command(prog, module_name):
+    """`prog` is Fairseq's `module_name` command with `--user-dir` naming this package (spawned ranks re-import
+    the user dir named in the config)."""
+    _check_user_dir(prog, sys.argv[1:])
+    _load_plugin(prog, module_name)
     if not _has_option(sys.argv[1:], "--user-dir"):
         sys.argv[1:1] = ["--user-dir", PACKAGE_DIR]
-    from fairseq_cli.train import cli_main
+    importlib.import_module(module_name).cli_main()
 
-    cli_main()
+
+def train_main():
+    _run_fairseq_command("gpt2-hpu-train", "fairseq_cli.train")
 
 
 def eval_lm_main():
-    _check_user_dir("gpt2-hpu-eval-lm", sys.argv[1:])
-    _load_plugin("gpt2-hpu-eval-lm", "fairseq_cli.eval_lm")
-    if not _has_option(sys.argv[1:], "--user-dir"):
-        sys.argv[1:1] = ["--user-dir", PACKAGE_DIR]
-    from fairseq_cli.eval_lm import cli_main
-
-    cli_main()
+    _run_fairseq_command("gpt2-hpu-eval-lm", "fairseq_cli.eval_lm")
 
 
 def hydra_train_main():

@@ -186,11 +186,17 @@ def test_a_dictionary_that_does_not_fit_the_checkpoint_is_one_line(three_updates
     assert _snapshot(save_dir) == before
 
 
-def test_a_nan_loss_stops_the_run_in_one_line_and_keeps_the_checkpoints(three_updates, tiny_data, tmp_path):
+def _train_on_with_a_nan(three_updates, tiny_data, tmp_path, **inject):
+    """Trains on from the 3-update save dir to update 6 with a NaN injected: (save dir, its files before, run)."""
     save_dir = _copy_of(three_updates, tmp_path)
     before = _snapshot(save_dir)
-    proc = run(_args(tiny_data, save_dir, 6), env=emulation_env(0, None, NAN_LOSS_AT_UPDATE=4))
+    proc = run(_args(tiny_data, save_dir, 6), env=emulation_env(0, None, **inject))
     assert proc.returncode == 1
+    return save_dir, before, proc
+
+
+def test_a_nan_loss_stops_the_run_in_one_line_and_keeps_the_checkpoints(three_updates, tiny_data, tmp_path):
+    save_dir, before, proc = _train_on_with_a_nan(three_updates, tiny_data, tmp_path, NAN_LOSS_AT_UPDATE=4)
     assert _one_line(proc) == (
         f"gpt2-hpu: error: training stopped at update 4: gradients are Nan/Inf (FloatingPointError; Fairseq's "
         f"NanDetector lines above name where); the last checkpoint is {save_dir / 'checkpoint_last.pt'} (update 3): "
@@ -203,10 +209,7 @@ def test_a_nan_loss_stops_the_run_in_one_line_and_keeps_the_checkpoints(three_up
 
 
 def test_a_model_with_nan_parameters_is_never_saved(three_updates, tiny_data, tmp_path):
-    save_dir = _copy_of(three_updates, tmp_path)
-    before = _snapshot(save_dir)
-    proc = run(_args(tiny_data, save_dir, 6), env=emulation_env(0, None, NAN_PARAMETER_AT_UPDATE=4))
-    assert proc.returncode == 1
+    save_dir, before, proc = _train_on_with_a_nan(three_updates, tiny_data, tmp_path, NAN_PARAMETER_AT_UPDATE=4)
     assert _one_line(proc) == (
         f"gpt2-hpu: error: refusing to save {save_dir / 'checkpoint_1_4.pt'} at update 4: the model's parameters hold "
         f"NaN or Inf (decoder.embed_tokens.weight); the last checkpoint is {save_dir / 'checkpoint_last.pt'} "

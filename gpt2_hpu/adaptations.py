@@ -36,6 +36,13 @@ Each entry is one small function; when Fairseq grows the hook it stands in for, 
    (also in `__main__` for `python -m fairseq_cli.train`) stops there with a checkpoint (preemption.py).
 10. command_line_checks: Fairseq's argparse refuses --bf16 with --fp16 itself, with a bare ValueError (its
     --bf16 implies --tpu), before call_main; wrapping parse_args_and_arch turns that into the checks' one line.
+
+Not here, because they change one model object rather than Fairseq: the fast path's changes, made by the trainer
+on its own model when their options are on. fast_path.prepare_model and compile_loss set the model's `forward`
+and the criterion's `compute_loss` as instance attributes (autocast, torch.compile);
+fused_attention.use_fused_attention changes the class of decoder self-attentions to a subclass; and
+padding.PaddingAtEnd sets the decoder's own `cross_self_attention` flag, which Fairseq's decoder reads only to
+skip its per-batch padding test.
 """
 import functools
 import os

@@ -63,6 +63,9 @@ class FusedCausalSelfAttention(MultiheadAttention):
     """
 
     fused_sdpa = staticmethod(torch_sdpa)
+    # Set by padding.PaddingAtEnd while every batch is padded only at the end of its rows: causal attention then
+    # never lets a real token see a pad, and a key padding mask changes nothing the loss reads.
+    padding_at_end = False
 
     def forward(
         self,
@@ -85,12 +88,14 @@ class FusedCausalSelfAttention(MultiheadAttention):
 
     def _plain_causal(self, query, key, value, key_padding_mask, incremental_state, need_weights, static_kv,
                       attn_mask, before_softmax, need_head_weights):
-        # Fairseq's decoder passes its future mask exactly when it has no incremental state; the mask's shape
-        # is checked, never its values, which would wait for the device.
+        # Fairseq's decoder passes its future mask exactly when it has no incremental state; the masks' shapes
+        # are checked, never their values, which would wait for the device.
         tgt_len = query.size(0)
+        padding_ignored = key_padding_mask is None or (
+            self.padding_at_end and key_padding_mask.shape == (query.size(1), tgt_len))
         return (
             key is query and value is query
-            and incremental_state is None and key_padding_mask is None and attn_mask is not None
+            and incremental_state is None and padding_ignored and attn_mask is not None
             and not need_weights and not need_head_weights and not static_kv and not before_softmax
             and attn_mask.dim() == 2 and attn_mask.size(0) == tgt_len and attn_mask.size(1) == tgt_len
             and self.self_attention and self.bias_k is None and not self.add_zero_attn
@@ -125,11 +130,12 @@ def use_fused_attention(model, sdpa=None):
     `sdpa(q, k, v, dropout_p, is_causal=True)` takes [batch, heads, seq, head_dim] tensors and uses the default
     scale; None means `torch_sdpa` (`torch.nn.functional.scaled_dot_product_attention`); on Gaudi pass
     `habana_sdpa(HpuDevice().fused_sdpa())`. The plain case is what training and scoring do: query, key and
-    value the same tensor, no incremental state, no key padding, no attention weights asked for, and the
-    decoder's [T, T] future mask. Everything else (generation, padded batches, cross or encoder attention) runs
-    Fairseq's code. Modules already switched only have their kernel replaced, so calling this again with the
-    same `sdpa` changes nothing and returns 0. Subclasses of `MultiheadAttention` with their own `forward` are
-    left alone. Call it before wrapping the model in DDP or `torch.compile`.
+    value the same tensor, no incremental state, no key padding (or padding known to sit at the end of the rows:
+    padding.py), no attention weights asked for, and the decoder's [T, T] future mask. Everything else
+    (generation, other padded batches, cross or encoder attention) runs Fairseq's code. Modules already switched
+    only have their kernel replaced, so calling this again with the same `sdpa` changes nothing and returns 0.
+    Subclasses of `MultiheadAttention` with their own `forward` are left alone. Call it before wrapping the model
+    in DDP or `torch.compile`.
     """
     sdpa = torch_sdpa if sdpa is None else sdpa
     changed = 0

@@ -8,7 +8,8 @@ The fast path (each piece its own option; `--fast-path` turns them all on, see f
 - `--bf16` is bf16 autocast around the model's forward, with fp32 weights (the optimizer's masters) and an fp32
   loss: Fairseq's own `--bf16` casts the whole model and is its TPU path;
 - `--compile` runs forward and backward under `torch.compile` (the device picks the backend);
-- `--fused-attention` computes causal self-attention with one fused kernel;
+- `--fused-attention` computes causal self-attention with one fused kernel, and checks each batch's padding on
+  the host instead of Fairseq's per-batch device read (padding.py);
 - gradient clipping stays on the device, and the statistics of an update reach the host only at logging steps:
   the one host sync left per update is Fairseq's own finite-gradient check.
 Every `train_inner` line then reports tokens/s without warm-up, validation and checkpoint time, MFU where the
@@ -29,7 +30,7 @@ from fairseq import metrics, utils
 from fairseq.distributed import utils as distributed_utils
 from fairseq.trainer import Trainer
 
-from gpt2_hpu import checkpoints, fast_path, preemption, stats
+from gpt2_hpu import checkpoints, fast_path, padding, preemption, stats
 from gpt2_hpu.optim import zero
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ class PluginTrainer(Trainer):
                                                       self._autocast_dtype, self.compile_backend(),
                                                       self.fused_sdpa, lazy=self.is_lazy())
         fast_path.compile_loss(self._criterion, self._compile_watch)
+        # With every self-attention fused, Fairseq's per-batch padding test (a device read) is checked on the
+        # host instead (padding.py).
+        self._padding = padding.PaddingAtEnd(self._model) if getattr(cfg.common, "fused_attention", False) else None
 
     # --- what the device answers (HpuTrainer overrides) -------------------------------------------------
     def autocast_device_type(self):
@@ -165,6 +169,11 @@ class PluginTrainer(Trainer):
         return stats.clip_grad_norm(self.optimizer.params, clip_norm)
 
     # --- steps ------------------------------------------------------------------------------------------
+    def _prepare_sample(self, sample, is_dummy=False):
+        if self._padding is not None and isinstance(sample, dict):
+            self._padding.check(sample)  # still on the host: Fairseq moves it below (HpuTrainer after this)
+        return super()._prepare_sample(sample, is_dummy)
+
     def train_step(self, samples, raise_oom=False):
         try:
             logging_output = super().train_step(samples, raise_oom)

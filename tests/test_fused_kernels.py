@@ -108,6 +108,99 @@ def test_generation_and_padded_batches_run_stock_attention():
             fused(toks)  # the plain case does reach the kernel
 
 
+class _DeviceReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts `aten._local_scalar_dense`: every read of a tensor's value back to the host (`.item()`, `bool(t)`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.reads += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _lm_step(model, toks):
+    """As Fairseq's language modeling trains: the next token is the target, pad where there is none (the target
+    of every pad input is pad), and the loss ignores pad targets. Returns the logits, the gradients and how many
+    device reads the forward made."""
+    pad = model.decoder.dictionary.pad()
+    target = torch.cat([toks[:, 1:], torch.full_like(toks[:, :1], pad)], dim=1)
+    target[toks.eq(pad)] = pad
+    model.zero_grad(set_to_none=True)
+    with _DeviceReads() as counter:
+        logits = model(toks)[0]
+    lprobs = torch.log_softmax(logits, dim=-1)
+    torch.nn.functional.nll_loss(lprobs.view(-1, lprobs.size(-1)), target.view(-1), ignore_index=pad,
+                                 reduction="sum").backward()
+    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, counter.reads
+
+
+def _padded_at_end(toks, pad):
+    toks = toks.clone()
+    toks[0, -5:] = pad
+    toks[2, -1:] = pad
+    return toks
+
+
+def test_padding_at_the_end_is_masked_without_a_device_read():
+    from gpt2_hpu.padding import PaddingAtEnd
+
+    stock = kh.tiny_lm(attention_dropout=0.0)
+    fused = _fused_copy(stock)
+    assert PaddingAtEnd(fused).active
+    pad = stock.decoder.dictionary.pad()
+    toks = _padded_at_end(kh.tokens(), pad)
+    logits, grads, reads = _lm_step(stock, toks)
+    fused_logits, fused_grads, fused_reads = _lm_step(fused, toks)
+    assert (reads, fused_reads) == (1, 0)  # Fairseq's `prev_output_tokens.eq(pad).any()`, and none
+    real = toks.ne(pad)
+    torch.testing.assert_close(fused_logits[real], logits[real], atol=1e-5, rtol=1e-5)
+    # Only what the loss ignores differs: a pad position's own output, which now also attends to pads.
+    assert not torch.allclose(fused_logits[~real], logits[~real], atol=1e-3)
+    for name in grads:
+        torch.testing.assert_close(fused_grads[name], grads[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_a_batch_padded_before_its_end_brings_back_fairseqs_padding_test():
+    from gpt2_hpu.padding import PaddingAtEnd, padded_at_end
+
+    stock = kh.tiny_lm()
+    fused = _fused_copy(stock)
+    padding = PaddingAtEnd(fused)
+    pad = stock.decoder.dictionary.pad()
+    at_end = _padded_at_end(kh.tokens(), pad)
+    before_end = at_end.clone()
+    before_end[1, 4:6] = pad  # pads with real tokens after them (not at position 0: a query whose keys are all
+    # masked gives NaN in stock Fairseq on older torch)
+    assert padded_at_end(at_end, pad) and padded_at_end(kh.tokens(), pad)
+    assert not padded_at_end(before_end, pad) and not padded_at_end(at_end[0], pad)
+    padding.check({"net_input": {"src_tokens": at_end, "src_lengths": None}})
+    assert padding.active
+    padding.check({"net_input": {"src_tokens": before_end, "src_lengths": None}})
+    assert not padding.active and fused.decoder.cross_self_attention is False
+    padding.check({"net_input": {"src_tokens": at_end, "src_lengths": None}})
+    assert not padding.active  # for the rest of the run
+    logits, grads, reads = _lm_step(stock, before_end)
+    fused_logits, fused_grads, fused_reads = _lm_step(fused, before_end)
+    assert reads == fused_reads == 1
+    torch.testing.assert_close(fused_logits, logits, atol=1e-5, rtol=1e-5)  # every position: the mask is applied
+    for name in grads:
+        torch.testing.assert_close(fused_grads[name], grads[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_padding_test_stays_where_an_attention_is_not_fused():
+    from gpt2_hpu.padding import PaddingAtEnd
+
+    stock = kh.tiny_lm()
+    assert not PaddingAtEnd(stock).active
+    assert stock.decoder.cross_self_attention is False
+    half = _fused_copy(stock)
+    half.decoder.layers[1].self_attn.__class__ = type(stock.decoder.layers[1].self_attn)
+    assert not PaddingAtEnd(half).active
+
+
 def test_state_dicts_are_stocks_and_load_both_ways():
     stock = kh.tiny_lm()
     before = {k: v.clone() for k, v in stock.state_dict().items()}
@@ -178,6 +271,26 @@ def test_fused_attention_under_torch_compile():
     compiled = torch.compile(attn, backend="aot_eager", fullgraph=True)  # no graph break in the fused path
     for got, want in zip(run(compiled), expected):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_the_model_compiles_to_one_graph_once_padding_is_checked_on_the_host():
+    from torch._dynamo.exc import Unsupported
+
+    from gpt2_hpu.padding import PaddingAtEnd
+
+    stock = kh.tiny_lm()
+    fused = _fused_copy(stock)
+    pad = stock.decoder.dictionary.pad()
+    toks = _padded_at_end(kh.tokens(), pad)
+    torch._dynamo.reset()
+    with pytest.raises(Unsupported):  # Fairseq's padding test: data-dependent control flow, a graph break
+        torch.compile(fused, backend="eager", fullgraph=True)(toks)
+    PaddingAtEnd(fused)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        got = torch.compile(fused, backend="eager", fullgraph=True)(toks)[0]
+        real = toks.ne(pad)
+        torch.testing.assert_close(got[real], stock(toks)[0][real], atol=1e-5, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")

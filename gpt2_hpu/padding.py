@@ -1,0 +1,94 @@
+"""Padding without a device sync: with fused causal attention, Fairseq's per-batch padding test is not needed.
+
+Fairseq's decoder asks the device, for every batch, whether the batch holds any padding
+(`prev_output_tokens.eq(pad).any()` in `extract_features_scriptable`) and builds the self-attention key padding
+mask only if it does. The answer is a device-to-host read: the host waits for all the device work queued so far
+(the previous micro-batch's backward) before it can queue the next forward; in HPU lazy mode it cuts the graph,
+and under `torch.compile` it is a graph break. That is one sync per micro-batch, 8 per update in the seed recipe.
+
+When every row's padding is at its end, as Fairseq's language-modeling collater makes it (`left_pad=False`),
+causal attention never lets a real token see a pad: token i attends to positions <= i, and those are all real.
+The key padding mask then changes only the outputs at pad positions, which the loss ignores. So, with fused
+attention:
+- the decoder always builds the mask (a device op, no read): Fairseq's decoder skips its test when its
+  `cross_self_attention` attribute is true, and reads that attribute nowhere else (0.12.2 and later main; the
+  layers keep their own copy, which is untouched);
+- the fused attention ignores a key padding mask (`FusedCausalSelfAttention.padding_at_end`);
+- the trainer checks each batch on the host, before it is moved (`PaddingAtEnd.check`), which costs no device
+  read. The first batch padded anywhere else turns both back to Fairseq's behaviour for the rest of the run, with
+  one log line: the decoder tests for padding again and the attention applies the mask (Fairseq's code).
+"""
+import logging
+
+import torch
+
+from fairseq.models.transformer import TransformerDecoderBase
+
+from gpt2_hpu.fused_attention import FusedCausalSelfAttention
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PaddingAtEnd", "padded_at_end", "decoder_tokens"]
+
+
+def padded_at_end(tokens, pad):
+    """Whether every row of a [batch, time] host tensor has its `pad` tokens only at its end."""
+    if not torch.is_tensor(tokens) or tokens.dim() != 2:
+        return False
+    is_pad = tokens.eq(pad)
+    # A pad followed by a real token is padding before the end.
+    return not bool((is_pad[:, :-1] & ~is_pad[:, 1:]).any())
+
+
+def decoder_tokens(sample):
+    """The tokens a batch feeds the decoder: `prev_output_tokens` for encoder-decoder models, `src_tokens` for
+    Fairseq's language models (whose forward passes them on as the decoder's `prev_output_tokens`)."""
+    net_input = sample.get("net_input") if isinstance(sample, dict) else None
+    if not isinstance(net_input, dict):
+        return None
+    return net_input.get("prev_output_tokens", net_input.get("src_tokens"))
+
+
+class PaddingAtEnd:
+    """Turns Fairseq's padding test off in every decoder of `model` whose self-attentions are all fused, and
+    back on, for good, at the first batch padded anywhere but at the end of its rows."""
+
+    def __init__(self, model):
+        self._decoders = []
+        self._attentions = []
+        for decoder in model.modules():
+            if not isinstance(decoder, TransformerDecoderBase) or decoder.cross_self_attention:
+                continue
+            attentions = [getattr(layer, "self_attn", None) for layer in getattr(decoder, "layers", [])]
+            if not attentions or not all(isinstance(a, FusedCausalSelfAttention) for a in attentions):
+                continue  # an unfused self-attention would see pads without the mask
+            self._decoders.append(decoder)
+            self._attentions.extend(attentions)
+        self.active = bool(self._decoders)
+        self._switch(self.active)
+        if self.active:
+            logger.info(f"padding: {len(self._decoders)} decoder(s) mask padding without testing for it "
+                        "on the device; each batch is checked on the host")
+
+    def check(self, sample):
+        """Called with each batch while it is still on the host; a batch already on the device (Fairseq's dummy
+        batch, a copy of one seen before) is not read."""
+        if not self.active or not sample:  # an empty batch: Fairseq's dummy batch, checked when first seen
+            return
+        tokens = decoder_tokens(sample)
+        if torch.is_tensor(tokens) and tokens.device.type != "cpu":
+            return
+        pads = {decoder.padding_idx for decoder in self._decoders}
+        if all(padded_at_end(tokens, pad) for pad in pads):
+            return
+        self.active = False
+        self._switch(False)
+        logger.info("padding: a batch is padded before the end of its rows; Fairseq's decoder tests each batch "
+                    "for padding again (one device read per batch) and the attention applies the mask")
+
+    def _switch(self, skip):
+        for decoder in self._decoders:
+            # The attribute is the decoder's own copy of the option; its layers keep theirs (False).
+            decoder.cross_self_attention = skip
+        for attention in self._attentions:
+            attention.padding_at_end = skip

@@ -7,10 +7,11 @@ the plugin, plugin runs add `--user-dir <this repository>/gpt2_hpu`). Data is Fa
 fixed batch of `--tokens-per-sample`-token sequences over the preset's vocabulary (GPT-2's size for `seed`), so
 the input pipeline costs nothing and every configuration sees identical shapes.
 
-How tokens/s is measured: Fairseq logs one `train_inner` line per update (`--log-interval 1`); the wrapper
-stamps each with `time.perf_counter()` as it is logged. Writing that line reads the update's loss, so the host
-has waited for the device there: each stamp marks the end of an update's device work. Throughput is the
-tokens of updates W+1..N (their logged `wpb`) over the time from update W's stamp to update N's
+How tokens/s is measured: Fairseq logs one `train_inner` line per update (`--log-interval 1`, the default; with
+`--log-interval K`, one per K updates); the wrapper stamps each with `time.perf_counter()` as it is logged.
+Writing that line reads the update's loss, so the host has waited for the device there: each stamp marks the end
+of an update's device work. Throughput is the tokens of updates W+1..N (their logged `wpb`) over the time from
+update W's stamp to update N's
 (`gpt2_hpu.throughput.Throughput`, warm-up W). Start-up, compilation and the first W updates fall outside
 the window; inside it everything a training loop pays is counted (batching, the optimizer, logging, updates
 skipped after an fp16 overflow: their time counts, their tokens do not, and the result says how many).
@@ -27,9 +28,10 @@ On CPU, where other work shares the cores, the list runs twice (`--rounds`), the
 order, and each configuration keeps its fastest round. It prints one row per configuration, then `speedup=`
 (plugin-fast over stock-fp16 on CUDA, over stock-fp32 on CPU) and, on CPU, `overhead=` (the share of
 stock-fp32's tokens/s that plugin-fp32 loses) and `overhead_cpu_time=` (the extra CPU time per update of
-plugin-fp32: less sensitive to other work on the host than wall time). It writes a JSON file (default
-`benchmarks/results/<device>-<date>.json`). A configuration that fails shows its last log lines and is
-recorded as failed; the script then exits 1.
+plugin-fp32: less sensitive to other work on the host than wall time); with several rounds also
+`overhead_median_of_rounds=` (the median over rounds of that round's overhead: the two ran back to back). It
+writes a JSON file (default `benchmarks/results/<device>-<date>.json`). A configuration that fails shows its last
+log lines and is recorded as failed; the script then exits 1.
 """
 import argparse
 import collections
@@ -80,7 +82,7 @@ RECIPE = [
     "--optimizer", "adam", "--adam-betas", "(0.9, 0.95)", "--weight-decay", "0.1", "--clip-norm", "1.0",
     "--lr", "0.0006", "--lr-scheduler", "cosine", "--warmup-updates", "1000", "--warmup-init-lr", "1e-07",
     "--disable-validation", "--no-save", "--num-workers", "0", "--seed", "1",  # dummy batches need no workers
-    "--log-format", "json", "--log-interval", "1",
+    "--log-format", "json",  # --log-interval: the benchmark's own option
 ]
 PRESETS = {
     # A 2-layer, 64-wide GPT over 4,096 types: the whole pipeline in a few minutes on 2 CPU cores, with updates
@@ -151,6 +153,10 @@ def parse_args(argv=None):
                                               "order, and keep each configuration's fastest round "
                                               "(default: 2 on cpu, where other work shares the cores, 1 on cuda)")
     p.add_argument("--config-timeout", type=float, default=900, help="seconds one configuration may run")
+    p.add_argument("--log-interval", type=int, default=1,
+                   help="Fairseq's --log-interval, and so the updates between two time stamps; --updates and "
+                        "--warmup must be multiples of it. 1 (the default) times every update; a logging step "
+                        "reads every statistic back to the host, so 10 or more is closer to a real run")
     args = p.parse_args(argv)
     preset = PRESETS[args.preset]
     args.updates = preset["updates"] if args.updates is None else args.updates
@@ -158,6 +164,9 @@ def parse_args(argv=None):
     if args.warmup < 1 or args.warmup >= args.updates:
         # The first update's start is not logged, so the window opens at the end of one at the earliest.
         p.error("need 1 <= --warmup < --updates, got warmup %d, updates %d" % (args.warmup, args.updates))
+    if args.log_interval < 1 or args.updates % args.log_interval or args.warmup % args.log_interval:
+        p.error("--updates (%d) and --warmup (%d) must be multiples of --log-interval (%d)" % (
+            args.updates, args.warmup, args.log_interval))
     args.configs = args.configs.split(",") if args.configs else list(DEVICE_CONFIGS[args.device])
     unknown = [c for c in args.configs if c not in CONFIGS]
     if unknown:
@@ -179,6 +188,7 @@ def fairseq_args(config, args):
     out = list(RECIPE) + preset["model"] + [
         "--tokens-per-sample", str(preset["tokens_per_sample"]), "--batch-size", str(preset["batch_size"]),
         "--update-freq", str(preset["update_freq"]), "--max-update", str(args.updates),
+        "--log-interval", str(args.log_interval),
     ]
     if args.device == "cpu":
         out.append("--cpu")
@@ -283,8 +293,17 @@ def best_rounds(runs):
     for config, rounds in runs.items():
         failed = [r for r in rounds if not r.get("ok")]
         best = failed[0] if failed else max(rounds, key=lambda r: r["tokens_per_s"])
-        records[config] = dict(best, rounds_tokens_per_s=[r.get("tokens_per_s") for r in rounds])
+        records[config] = dict(best, rounds_tokens_per_s=[r.get("tokens_per_s") for r in rounds],
+                               rounds_cpu_s_per_update=[r.get("cpu_s_per_update") for r in rounds])
     return records
+
+
+def paired_overheads(records, config, base):
+    """Per round, the share of `base`'s tokens/s that `config` loses; the two ran back to back in each round, so
+    slow drifts of the host's load affect both."""
+    a = records.get(config, {}).get("rounds_tokens_per_s") or []
+    b = records.get(base, {}).get("rounds_tokens_per_s") or []
+    return [round(1 - x / y, 4) for x, y in zip(a, b) if x and y]
 
 
 def summarize(args, records, flops_per_token):
@@ -298,6 +317,7 @@ def summarize(args, records, flops_per_token):
     doc = collections.OrderedDict(
         device=ok[0]["device_name"] if ok else None, device_kind=args.device, preset=args.preset,
         date=datetime.date.today().isoformat(), updates=args.updates, warmup=args.warmup, rounds=args.rounds,
+        log_interval=args.log_interval,
         baseline=BASELINE[args.device], speedup=round(fast / base, 3) if base and fast else None,
     )
     if args.device == "cpu":
@@ -305,6 +325,10 @@ def summarize(args, records, flops_per_token):
         doc["overhead"] = round(1 - plugin / base, 4) if base and plugin else None
         cost = [records.get(c, {}).get("cpu_s_per_update") for c in (BASELINE["cpu"], "plugin-fp32")]
         doc["overhead_cpu_time"] = round(cost[1] / cost[0] - 1, 4) if all(cost) else None
+        rounds = paired_overheads(records, "plugin-fp32", base=BASELINE["cpu"])
+        if len(rounds) > 1:
+            doc["overhead_rounds"] = rounds
+            doc["overhead_median_of_rounds"] = statistics.median(rounds)
     if hasattr(os, "getloadavg"):
         # Other work on the host shows here: a load above the core count makes CPU numbers noise.
         doc.update(cores=os.cpu_count(), load_avg_1m_at_end=round(os.getloadavg()[0], 2))
@@ -329,7 +353,7 @@ def report_lines(doc):
             r["process_s"]))
     lines.append("device=%s" % doc["device"])
     lines.append("speedup=%s" % ("%.3f" % doc["speedup"] if doc["speedup"] is not None else "n/a"))
-    for key in ("overhead", "overhead_cpu_time"):
+    for key in ("overhead", "overhead_cpu_time", "overhead_median_of_rounds"):
         if key in doc:
             lines.append("%s=%s" % (key, "%+.1f%%" % (100 * doc[key]) if doc[key] is not None else "n/a"))
     return lines

@@ -190,10 +190,16 @@ def test_configurations_per_device_and_their_commands(tmp_path):
     assert bench.fairseq_args("plugin-fast", cpu) == bench.fairseq_args("plugin-fp32", cpu)
     assert "--cpu" in bench.fairseq_args("stock-fp32", cpu)
 
+    sparse = bench.parse_args(["--device", "cuda", "--preset", "seed", "--log-interval", "10"])
+    args = bench.fairseq_args("plugin-fast", sparse)
+    assert args[args.index("--log-interval") + 1] == "10" and args.count("--log-interval") == 1
+
 
 @pytest.mark.parametrize("argv", [
     ["--device", "cpu", "--warmup", "0"], ["--device", "cpu", "--updates", "5", "--warmup", "5"],
     ["--device", "cpu", "--configs", "stock-fp32,nonsense"], ["--device", "tpu"],
+    ["--device", "cuda", "--preset", "seed", "--log-interval", "7"],  # 40 updates, warm-up 10: not multiples
+    ["--device", "cpu", "--log-interval", "0"],
 ])
 def test_bad_arguments_are_refused(argv, capsys):
     with pytest.raises(SystemExit) as e:
@@ -241,9 +247,12 @@ def test_results_on_fake_runs(monkeypatch, tmp_path, capsys):
     assert doc["speedup"] == 1.5 and doc["overhead"] == 0.01  # best rounds: 1500/1000 and 1 - 990/1000
     assert doc["overhead_cpu_time"] == 0.25
     assert doc["configs"]["plugin-fp32"]["rounds_tokens_per_s"] == [950.0, 990.0]
+    # Round by round: 1 - 950/1000, then 1 - 990/900.
+    assert doc["overhead_rounds"] == [0.05, -0.1] and doc["overhead_median_of_rounds"] == pytest.approx(-0.025)
     assert doc["flops_per_token"] == 2.0e6 and doc["torch"] == "2.13.0" and doc["fairseq"] == "0.12.3.1"
     printed = capsys.readouterr().out.splitlines()
-    assert {"speedup=1.500", "overhead=+1.0%", "overhead_cpu_time=+25.0%"} <= set(printed)
+    assert {"speedup=1.500", "overhead=+1.0%", "overhead_cpu_time=+25.0%", "overhead_median_of_rounds=-2.5%"} \
+        <= set(printed)
 
 
 def test_a_failed_configuration_is_recorded_and_the_exit_status_says_so(monkeypatch, tmp_path, capsys):

@@ -28,7 +28,7 @@ from gpt2_hpu.fused_attention import FusedCausalSelfAttention
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PaddingAtEnd", "padded_at_end", "decoder_tokens"]
+__all__ = ["PaddingAtEnd", "skip_padding_test", "padded_at_end", "decoder_tokens"]
 
 
 def padded_at_end(tokens, pad):
@@ -49,46 +49,53 @@ def decoder_tokens(sample):
     return net_input.get("prev_output_tokens", net_input.get("src_tokens"))
 
 
+def skip_padding_test(model, skip):
+    """Turns Fairseq's padding test off (`skip`) or back on in the decoders of `model` whose self-attentions are
+    all fused (an unfused one would see pads without the mask); returns the pad indices of those decoders."""
+    pads = set()
+    for decoder in model.modules():
+        if not isinstance(decoder, TransformerDecoderBase):
+            continue
+        attentions = [getattr(layer, "self_attn", None) for layer in getattr(decoder, "layers", [])]
+        if not attentions or not all(isinstance(a, FusedCausalSelfAttention) for a in attentions):
+            continue
+        if skip and decoder.cross_self_attention and not attentions[0].padding_at_end:
+            continue  # cross self-attention configured: Fairseq always builds the mask, the attention applies it
+        if not skip and not attentions[0].padding_at_end:
+            continue  # never turned off here
+        # The decoder's own copy of the option; its layers keep theirs (False).
+        decoder.cross_self_attention = skip
+        for attention in attentions:
+            attention.padding_at_end = skip
+        pads.add(decoder.padding_idx)
+    return pads
+
+
 class PaddingAtEnd:
-    """Turns Fairseq's padding test off in every decoder of `model` whose self-attentions are all fused, and
-    back on, for good, at the first batch padded anywhere but at the end of its rows."""
+    """Turns Fairseq's padding test off in `model` (skip_padding_test), and back on, for good, at the first batch
+    padded anywhere but at the end of its rows, in `model` and in any copy of it the caller names then (an EMA
+    copy, made after this, copies the switched-off test)."""
 
     def __init__(self, model):
-        self._decoders = []
-        self._attentions = []
-        for decoder in model.modules():
-            if not isinstance(decoder, TransformerDecoderBase) or decoder.cross_self_attention:
-                continue
-            attentions = [getattr(layer, "self_attn", None) for layer in getattr(decoder, "layers", [])]
-            if not attentions or not all(isinstance(a, FusedCausalSelfAttention) for a in attentions):
-                continue  # an unfused self-attention would see pads without the mask
-            self._decoders.append(decoder)
-            self._attentions.extend(attentions)
-        self.active = bool(self._decoders)
-        self._switch(self.active)
+        self._pads = skip_padding_test(model, True)
+        self.active = bool(self._pads)
         if self.active:
-            logger.info(f"padding: {len(self._decoders)} decoder(s) mask padding without testing for it "
-                        "on the device; each batch is checked on the host")
+            logger.info("padding: the decoder masks padding without testing for it on the device; each batch is "
+                        "checked on the host")
 
-    def check(self, sample):
-        """Called with each batch while it is still on the host; a batch already on the device (Fairseq's dummy
-        batch, a copy of one seen before) is not read."""
+    def check(self, sample, models):
+        """Called with each batch while it is still on the host; `models` are those to switch back if the batch
+        is padded before its end. A batch already on the device (Fairseq's dummy batch on CUDA, a batch seen
+        before) is not read."""
         if not self.active or not sample:  # an empty batch: Fairseq's dummy batch, checked when first seen
             return
         tokens = decoder_tokens(sample)
         if torch.is_tensor(tokens) and tokens.device.type != "cpu":
             return
-        pads = {decoder.padding_idx for decoder in self._decoders}
-        if all(padded_at_end(tokens, pad) for pad in pads):
+        if all(padded_at_end(tokens, pad) for pad in self._pads):
             return
         self.active = False
-        self._switch(False)
+        for model in models:
+            skip_padding_test(model, False)
         logger.info("padding: a batch is padded before the end of its rows; Fairseq's decoder tests each batch "
                     "for padding again (one device read per batch) and the attention applies the mask")
-
-    def _switch(self, skip):
-        for decoder in self._decoders:
-            # The attribute is the decoder's own copy of the option; its layers keep theirs (False).
-            decoder.cross_self_attention = skip
-        for attention in self._attentions:
-            attention.padding_at_end = skip

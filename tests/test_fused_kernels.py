@@ -169,6 +169,7 @@ def test_a_batch_padded_before_its_end_brings_back_fairseqs_padding_test():
     stock = kh.tiny_lm()
     fused = _fused_copy(stock)
     padding = PaddingAtEnd(fused)
+    ema = copy.deepcopy(fused)  # as Fairseq's EMA copies the model, after the trainer set it up
     pad = stock.decoder.dictionary.pad()
     at_end = _padded_at_end(kh.tokens(), pad)
     before_end = at_end.clone()
@@ -176,18 +177,22 @@ def test_a_batch_padded_before_its_end_brings_back_fairseqs_padding_test():
     # masked gives NaN in stock Fairseq on older torch)
     assert padded_at_end(at_end, pad) and padded_at_end(kh.tokens(), pad)
     assert not padded_at_end(before_end, pad) and not padded_at_end(at_end[0], pad)
-    padding.check({"net_input": {"src_tokens": at_end, "src_lengths": None}})
+    padding.check({"net_input": {"src_tokens": at_end, "src_lengths": None}}, [fused, ema])
     assert padding.active
-    padding.check({"net_input": {"src_tokens": before_end, "src_lengths": None}})
-    assert not padding.active and fused.decoder.cross_self_attention is False
-    padding.check({"net_input": {"src_tokens": at_end, "src_lengths": None}})
+    on_device = torch.empty_like(before_end, device="meta")  # a batch already moved is never read
+    padding.check({"net_input": {"src_tokens": on_device, "src_lengths": None}}, [fused, ema])
+    assert padding.active
+    padding.check({"net_input": {"src_tokens": before_end, "src_lengths": None}}, [fused, ema])
+    assert not padding.active and fused.decoder.cross_self_attention is False and not ema.decoder.cross_self_attention
+    padding.check({"net_input": {"src_tokens": at_end, "src_lengths": None}}, [fused, ema])
     assert not padding.active  # for the rest of the run
     logits, grads, reads = _lm_step(stock, before_end)
-    fused_logits, fused_grads, fused_reads = _lm_step(fused, before_end)
-    assert reads == fused_reads == 1
-    torch.testing.assert_close(fused_logits, logits, atol=1e-5, rtol=1e-5)  # every position: the mask is applied
-    for name in grads:
-        torch.testing.assert_close(fused_grads[name], grads[name], atol=1e-5, rtol=1e-5, msg=name)
+    for model in (fused, ema):
+        fused_logits, fused_grads, fused_reads = _lm_step(model, before_end)
+        assert reads == fused_reads == 1
+        torch.testing.assert_close(fused_logits, logits, atol=1e-5, rtol=1e-5)  # every position: the mask applies
+        for name in grads:
+            torch.testing.assert_close(fused_grads[name], grads[name], atol=1e-5, rtol=1e-5, msg=name)
 
 
 def test_padding_test_stays_where_an_attention_is_not_fused():

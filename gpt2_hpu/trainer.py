@@ -170,7 +170,7 @@ class PluginTrainer(Trainer):
 
     # --- steps ------------------------------------------------------------------------------------------
     def _prepare_sample(self, sample, is_dummy=False):
-        if self._padding is not None and isinstance(sample, dict):
+        if self._padding is not None and isinstance(sample, dict) and sample is not self._dummy_batch:
             # Still on the host: Fairseq moves it below (HpuTrainer after this).
             self._padding.check(sample, [self._model] + ([self._ema.get_model()] if self._ema is not None else []))
         return super()._prepare_sample(sample, is_dummy)

@@ -8,9 +8,10 @@ TOKENS = 16
 BATCH = 3
 
 
-def tiny_lm(seed=0, attention_dropout=0.0):
+def tiny_lm(seed=0, attention_dropout=0.0, **overrides):
     """`transformer_lm_gpt` at 2 layers x 64 wide, through Fairseq's architecture registry; only attention
-    dropout (if any), so that the attention alone decides whether two forwards agree."""
+    dropout (if any), so that the attention alone decides whether two forwards agree. `overrides`: more of the
+    architecture's arguments."""
     from fairseq.data import Dictionary
     from fairseq.models import ARCH_CONFIG_REGISTRY
     from fairseq.models.transformer_lm import TransformerLanguageModel
@@ -21,7 +22,7 @@ def tiny_lm(seed=0, attention_dropout=0.0):
     args = Namespace(decoder_layers=2, decoder_embed_dim=64, decoder_ffn_embed_dim=128, decoder_attention_heads=2,
                      share_decoder_input_output_embed=True, decoder_learned_pos=True, tokens_per_sample=TOKENS,
                      max_target_positions=None, dropout=0.0, attention_dropout=attention_dropout,
-                     activation_dropout=0.0)
+                     activation_dropout=0.0, **overrides)
     ARCH_CONFIG_REGISTRY["transformer_lm_gpt"](args)
     task = Namespace(source_dictionary=dictionary, target_dictionary=dictionary)
     torch.manual_seed(seed)

@@ -179,9 +179,6 @@ def test_a_batch_padded_before_its_end_brings_back_fairseqs_padding_test():
     assert not padded_at_end(before_end, pad) and not padded_at_end(at_end[0], pad)
     padding.check({"net_input": {"src_tokens": at_end, "src_lengths": None}}, [fused, ema])
     assert padding.active
-    on_device = torch.empty_like(before_end, device="meta")  # a batch already moved is never read
-    padding.check({"net_input": {"src_tokens": on_device, "src_lengths": None}}, [fused, ema])
-    assert padding.active
     padding.check({"net_input": {"src_tokens": before_end, "src_lengths": None}}, [fused, ema])
     assert not padding.active and fused.decoder.cross_self_attention is False and not ema.decoder.cross_self_attention
     padding.check({"net_input": {"src_tokens": at_end, "src_lengths": None}}, [fused, ema])
@@ -193,6 +190,38 @@ def test_a_batch_padded_before_its_end_brings_back_fairseqs_padding_test():
         torch.testing.assert_close(fused_logits, logits, atol=1e-5, rtol=1e-5)  # every position: the mask applies
         for name in grads:
             torch.testing.assert_close(fused_grads[name], grads[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_the_host_check_reads_targets_and_refuses_batches_it_cannot_read():
+    from gpt2_hpu.padding import PaddingAtEnd, padded_at_end
+
+    pad = kh.tiny_lm().decoder.dictionary.pad()
+    toks = _padded_at_end(kh.tokens(), pad)
+    target = torch.cat([toks[:, 1:], torch.full_like(toks[:, :1], pad)], dim=1)
+    target[toks.eq(pad)] = pad
+    assert padded_at_end(toks, pad, target)
+    literal = target.clone()
+    literal[2, -1] = 7  # the input's last pad is a pad symbol in the text: the loss reads its output
+    assert not padded_at_end(toks, pad, literal) and not padded_at_end(toks, pad, target[:, :-1])
+    for tokens, tgt in [(toks, literal), (torch.empty_like(toks, device="meta"), target)]:
+        fused = _fused_copy(kh.tiny_lm())
+        padding = PaddingAtEnd(fused)
+        padding.check({"net_input": {"src_tokens": tokens}, "target": tgt}, [fused])
+        assert not padding.active and not fused.decoder.layers[0].self_attn.padding_at_end
+
+
+def test_layerdrop_switches_every_layer():
+    from gpt2_hpu.padding import PaddingAtEnd
+
+    fused = _fused_copy(kh.tiny_lm(decoder_layerdrop=0.5)).train()
+    attentions = [layer.self_attn for layer in fused.decoder.layers.children()]
+    for _ in range(5):  # a layer left out of an iteration keeps its flag: try several draws
+        padding = PaddingAtEnd(fused)
+        assert padding.active and all(a.padding_at_end for a in attentions)
+        before_end = kh.tokens()
+        before_end[0, 3] = fused.decoder.dictionary.pad()
+        padding.check({"net_input": {"src_tokens": before_end}}, [fused])
+        assert not any(a.padding_at_end for a in attentions) and not fused.decoder.cross_self_attention
 
 
 def test_padding_test_stays_where_an_attention_is_not_fused():

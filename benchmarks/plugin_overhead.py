@@ -21,6 +21,7 @@ are profiled times, comparable with each other, not with an unprofiled run.
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -79,7 +80,10 @@ def profile(config, args, work_dir):
         sys.exit("%s: the plugin was %sloaded" % (config, "" if child["plugin_loaded"] else "not "))
     n = child["window"][1] - child["window"][0]
     return {"updates": n, "python_ms": 1e3 * child["python_s"] / n, "native_ms": 1e3 * child["native_s"] / n,
-            "calls": child["calls"] / n, "torch_calls": child["torch_calls"] / n, "command": " ".join(cmd[3:])}
+            "calls": child["calls"] / n, "torch_calls": child["torch_calls"] / n,
+            # As a person would type it from the repository root (the wrapper only adds the profiler).
+            "command": " ".join(["python", "-m", "fairseq_cli.train"] + [
+                shlex.quote(os.path.relpath(a, bench.REPO) if a == bench.PLUGIN_DIR else a) for a in cmd[5:]])}
 
 
 def main(argv=None):

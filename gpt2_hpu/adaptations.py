@@ -58,6 +58,16 @@ def apply():
             _applied.add(name)
 
 
+def _and_main_copy(module):
+    """`module`, and `__main__` too when that is the same file run as a script (`python -m fairseq_cli.train`): a
+    second copy of the module, whose own globals its functions look names up in."""
+    main = sys.modules.get("__main__")
+    main_file = getattr(main, "__file__", None)
+    if main is not module and main_file and os.path.realpath(main_file) == os.path.realpath(module.__file__):
+        return [module, main]
+    return [module]
+
+
 def hpu_options():
     import fairseq.dataclass.configs as configs
     import fairseq.options as options
@@ -77,15 +87,12 @@ def hpu_options():
 
 
 def hpu_trainer():
-    import fairseq.trainer
     import fairseq_cli.train
 
     from gpt2_hpu.trainer import trainer_for
 
-    fairseq_cli.train.Trainer = trainer_for
-    main_module = sys.modules.get("__main__")
-    if getattr(main_module, "Trainer", None) is fairseq.trainer.Trainer:
-        main_module.Trainer = trainer_for
+    for module in _and_main_copy(fairseq_cli.train):
+        module.Trainer = trainer_for
 
 
 def recompute_mark_step():
@@ -172,11 +179,8 @@ def eval_lm_on_device():
 
     from gpt2_hpu import evaluation
 
-    stock = fairseq_cli.eval_lm.eval_lm
-    fairseq_cli.eval_lm.eval_lm = evaluation.on_device(stock)
-    main_module = sys.modules.get("__main__")
-    if getattr(getattr(main_module, "__spec__", None), "name", None) == "fairseq_cli.eval_lm":
-        main_module.eval_lm = evaluation.on_device(main_module.eval_lm)
+    for module in _and_main_copy(fairseq_cli.eval_lm):
+        module.eval_lm = evaluation.on_device(module.eval_lm)
 
 
 def safe_checkpoints():
@@ -211,11 +215,7 @@ def stop_on_signal():
 
     from gpt2_hpu import preemption
 
-    modules = [fairseq_cli.train]
-    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-    if main_file and os.path.realpath(main_file) == os.path.realpath(fairseq_cli.train.__file__):
-        modules.append(sys.modules["__main__"])
-    for module in modules:
+    for module in _and_main_copy(fairseq_cli.train):
         module.validate_and_save = preemption.stopping(module.validate_and_save)
 
 

@@ -70,3 +70,21 @@ def test_every_console_script_names_a_function():
     for name, target in scripts.items():
         module, function = target.split(":")
         assert callable(getattr(importlib.import_module(module), function)), name
+
+
+def test_a_fairseq_command_run_as_main_is_adapted_in_that_copy_too(monkeypatch):
+    import sys
+    import types
+
+    import fairseq_cli.eval_lm
+
+    from gpt2_hpu import adaptations
+
+    run_as_main = types.ModuleType("__main__")  # `python -m fairseq_cli.eval_lm`: the file again, as __main__
+    run_as_main.__file__ = fairseq_cli.eval_lm.__file__
+    monkeypatch.setitem(sys.modules, "__main__", run_as_main)
+    assert adaptations._and_main_copy(fairseq_cli.eval_lm) == [fairseq_cli.eval_lm, run_as_main]
+    console_script = types.ModuleType("__main__")  # `fairseq-eval-lm`: a script that imports the module
+    console_script.__file__ = __file__
+    monkeypatch.setitem(sys.modules, "__main__", console_script)
+    assert adaptations._and_main_copy(fairseq_cli.eval_lm) == [fairseq_cli.eval_lm]

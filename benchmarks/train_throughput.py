@@ -69,9 +69,11 @@ CONFIGS = {
     "plugin-fast": (True, ["{fast}"]),
     # the fast path's kernels and bf16 without torch.compile: what compilation adds
     "plugin-fast-eager": (True, ["--bf16", "--fused-attention", "--optimizer", "fused_adamw"]),
+    # the fast path with its compiled graphs replayed as CUDA graphs (CUDA only): what host launches cost
+    "plugin-fast-graphs": (True, ["{fast}", "--compile-mode", "reduce-overhead"]),
 }
 DEVICE_CONFIGS = {
-    "cuda": ["stock-fp16", "plugin-fast", "plugin-fast-eager", "stock-fp16-ckpt"],
+    "cuda": ["stock-fp16", "plugin-fast", "plugin-fast-graphs", "plugin-fast-eager", "stock-fp16-ckpt"],
     "cpu": ["stock-fp32", "plugin-fp32", "plugin-fast"],
 }
 BASELINE = {"cuda": "stock-fp16", "cpu": "stock-fp32"}
@@ -120,7 +122,7 @@ out = {"marks": [], "overflows": overflows[0], "plugin_loaded": "gpt2_hpu" in sy
        "torch": torch.__version__, "fairseq": fairseq.__version__, "python": platform.python_version()}
 for t, cpu_t, message in marks:
     stats = json.loads(message)
-    out["marks"].append([t, int(float(stats["num_updates"])), float(stats["wpb"]), cpu_t])
+    out["marks"].append([t, int(float(stats["num_updates"])), float(stats["wpb"]), cpu_t, float(stats["loss"])])
 if "--cpu" in sys.argv or not torch.cuda.is_available():
     name = platform.processor() or platform.machine()
     try:
@@ -283,6 +285,8 @@ def run_config(config, args, log_path, flops_per_token):
     record.update(ok=True, device_name=child["device_name"], peak_flops=peak,
                   peak_mem_gb=round(child["peak_mem_bytes"] / 2 ** 30, 3), peak_mem_kind=child["peak_mem_kind"],
                   updates_logged=child["marks"][-1][1], overflow_skipped_updates=child["overflows"],
+                  # The same seed and data in every configuration: the losses show that they train alike.
+                  last_loss=child["marks"][-1][4],
                   torch=child["torch"], fairseq=child["fairseq"], python=child["python"])
     return record
 
@@ -319,6 +323,7 @@ def summarize(args, records, flops_per_token):
         date=datetime.date.today().isoformat(), updates=args.updates, warmup=args.warmup, rounds=args.rounds,
         log_interval=args.log_interval,
         baseline=BASELINE[args.device], speedup=round(fast / base, 3) if base and fast else None,
+        over_baseline={name: round(rate(name) / base, 3) for name in records if base and rate(name)},
     )
     if args.device == "cpu":
         plugin = rate("plugin-fp32")
@@ -341,16 +346,17 @@ def summarize(args, records, flops_per_token):
 
 def report_lines(doc):
     """The table and the `speedup=` / `overhead=` lines printed at the end."""
-    lines = ["%-16s %12s %7s %9s %8s %12s %9s" % (
-        "config", "tokens/s", "MFU", "peak GB", "counted", "median s/upd", "process s")]
+    lines = ["%-18s %12s %7s %7s %9s %8s %12s %9s %9s" % (
+        "config", "tokens/s", "x base", "MFU", "peak GB", "counted", "median s/upd", "process s", "last loss")]
     for name, r in doc["configs"].items():
         if not r.get("ok"):
-            lines.append("%-16s FAILED: %s" % (name, r.get("error")))
+            lines.append("%-18s FAILED: %s" % (name, r.get("error")))
             continue
         mfu = "%.1f%%" % (100 * r["mfu"]) if r["mfu"] is not None else "-"
-        lines.append("%-16s %12.1f %7s %9.3f %8d %12.4f %9.1f" % (
-            name, r["tokens_per_s"], mfu, r["peak_mem_gb"], r["counted_updates"], r["median_update_s"],
-            r["process_s"]))
+        ratio = doc.get("over_baseline", {}).get(name)
+        lines.append("%-18s %12.1f %7s %7s %9.3f %8d %12.4f %9.1f %9.3f" % (
+            name, r["tokens_per_s"], "%.3f" % ratio if ratio else "-", mfu, r["peak_mem_gb"], r["counted_updates"],
+            r["median_update_s"], r["process_s"], r["last_loss"]))
     lines.append("device=%s" % doc["device"])
     lines.append("speedup=%s" % ("%.3f" % doc["speedup"] if doc["speedup"] is not None else "n/a"))
     for key in ("overhead", "overhead_cpu_time", "overhead_median_of_rounds"):

@@ -236,6 +236,28 @@ def precision(cfg):
     return None
 
 
+def compile_mode(cfg):
+    """`--compile-mode` is a mode of torch.compile's inductor backend; its CUDA-graph modes need a CUDA device."""
+    common = _get(cfg, "common")
+    mode = str(_get(common, "compile_mode", "default") or "default") if common is not None else "default"
+    if mode == "default":
+        return None
+    if not (_get(common, "compile", False) or _get(common, "fast_path", False)):
+        return f"--compile-mode {mode} is a mode of torch.compile: add --compile (or --fast-path)"
+    backend = str(_get(common, "compile_backend", "") or "")
+    if _get(common, "hpu", False) or backend not in ("", "inductor"):
+        return (f"--compile-mode {mode} is a mode of torch.compile's inductor backend, and this run compiles with "
+                f"{backend or 'hpu_backend'}: leave --compile-mode out")
+    import torch
+
+    from gpt2_hpu.fast_path import CUDA_GRAPH_MODES
+
+    if mode in CUDA_GRAPH_MODES and (_get(common, "cpu", False) or not torch.cuda.is_available()):
+        return (f"--compile-mode {mode} replays CUDA graphs, and this run has no CUDA device: use "
+                f"--compile-mode max-autotune-no-cudagraphs, or leave --compile-mode out")
+    return None
+
+
 def undo_implied_tpu(cfg, argv):
     """Fairseq's argparse turns --bf16 into --tpu (its bf16 is its TPU path); with the plugin --bf16 means bf16
     autocast on the training device, so that implied --tpu is dropped unless the command line asked for it."""
@@ -274,7 +296,8 @@ def command_line(argv):
     return None
 
 
-CHECKS = [unknown_settings, devices, precision, cosine_schedule, language_modeling_data, user_dir, model_paths]
+CHECKS = [unknown_settings, devices, precision, compile_mode, cosine_schedule, language_modeling_data, user_dir,
+          model_paths]
 TRAINING_CHECKS = [training_splits]
 
 

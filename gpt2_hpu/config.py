@@ -5,6 +5,7 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.dataclass.configs import CommonConfig
 
 HPU_MODE_CHOICES = ChoiceEnum(["auto", "lazy", "eager"])
+COMPILE_MODE_CHOICES = ChoiceEnum(["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
 
 
 @dataclass
@@ -28,6 +29,12 @@ class HpuCommonConfig(CommonConfig):
                           "needs eager mode; inductor elsewhere)"})
     compile_backend: str = field(
         default="", metadata={"help": "the torch.compile backend for --compile; empty: the device's own"})
+    compile_mode: COMPILE_MODE_CHOICES = field(
+        default="default",
+        metadata={"help": "torch.compile's mode for the inductor backend (CUDA and CPU): reduce-overhead and "
+                          "max-autotune replay CUDA graphs (CUDA only; gradients are then zeroed in place, not "
+                          "freed, between updates, so a parameter without a gradient is still stepped), "
+                          "max-autotune-no-cudagraphs tunes kernels without them"})
     fused_attention: bool = field(
         default=False,
         metadata={"help": "causal self-attention through one fused kernel (FusedSDPA on HPU, "

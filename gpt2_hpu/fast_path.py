@@ -5,6 +5,7 @@
 |---|---|
 | `--bf16` | bf16 autocast around the model's forward; weights, optimizer state and loss stay fp32 |
 | `--compile` | forward and backward under `torch.compile` (`hpu_backend` on HPU in eager mode, inductor elsewhere) |
+| `--compile-mode` | inductor's mode: `reduce-overhead` replays CUDA graphs, launching a graph's kernels at once |
 | `--fused-attention` | causal self-attention through one fused kernel (FusedSDPA on HPU, SDPA elsewhere) |
 | `--optimizer fused_adamw` | Fairseq adam's update rule in one fused kernel (Habana FusedAdamW, torch fused AdamW) |
 | `--fast-path` | all of the above; `--compile` only in eager mode; bf16 on HPU and CUDA unless --fp16/--amp is given |
@@ -24,6 +25,7 @@ from gpt2_hpu.errors import UsageError
 logger = logging.getLogger(__name__)
 
 RECOMPILE_WARMUP_UPDATES = 2  # the first update compiles forward and backward; the second may settle guards
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # inductor's modes that replay CUDA graphs
 
 
 def expand(cfg):
@@ -76,11 +78,11 @@ def prepare_model(model, common, device_type, autocast_dtype, compile_backend, m
     forward = model.forward
     if compile_on:
         backend = str(getattr(common, "compile_backend", "") or compile_backend)
-        watch = CompileWatch(backend)
+        watch = CompileWatch(backend, compile_mode(common))
         # dynamic=False: the shapes are fixed (--sample-break-mode none), and a new shape should show as a
         # recompile in the log, not turn into a slower dynamic graph.
         forward = torch.compile(forward, backend=watch.backend, dynamic=False)
-        logger.info(f"torch.compile: model forward and backward, backend {backend}")
+        logger.info(f"torch.compile: model forward and backward, backend {backend}, mode {watch.mode}")
     if autocast_dtype is not None:
         forward = functools.partial(_autocast_forward, forward, device_type, autocast_dtype)
         logger.info(f"bf16 autocast on {device_type}: fp32 weights and loss")
@@ -91,15 +93,37 @@ def prepare_model(model, common, device_type, autocast_dtype, compile_backend, m
     return watch
 
 
+def compile_mode(common):
+    return str(getattr(common, "compile_mode", "default") or "default")
+
+
+def uses_cuda_graphs(common):
+    """True when the compiled graphs replay as CUDA graphs (checks.compile_mode keeps these modes to CUDA)."""
+    return bool(getattr(common, "compile", False)) and compile_mode(common) in CUDA_GRAPH_MODES
+
+
 def compile_loss(criterion, watch):
     """The criterion's loss (log_softmax over the vocabulary, then the NLL) as one compiled graph: eager, the
     fp32 log-probabilities of every token are written and read back several times, forward and backward."""
     if watch is None or not callable(getattr(criterion, "compute_loss", None)):
         return False
+    compiled = torch.compile(criterion.compute_loss, backend=watch.backend, dynamic=False)
+    if watch.mode in CUDA_GRAPH_MODES:
+        # A CUDA graph writes its outputs to the same memory at every replay, and Fairseq keeps each
+        # micro-batch's loss in its logging output until the update ends.
+        compiled = functools.partial(owned_outputs, compiled)
     # An instance attribute, as for the model: the criterion's class and state are Fairseq's own.
-    criterion.compute_loss = torch.compile(criterion.compute_loss, backend=watch.backend, dynamic=False)
+    criterion.compute_loss = compiled
     logger.info(f"torch.compile: the loss of {type(criterion).__name__}")
     return True
+
+
+def owned_outputs(fn, *args, **kwargs):
+    """`fn`'s tensors, copied out of memory that the next call may overwrite (CUDA graph outputs)."""
+    out = fn(*args, **kwargs)
+    if isinstance(out, tuple):
+        return tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in out)
+    return out.clone() if isinstance(out, torch.Tensor) else out
 
 
 def _autocast_forward(forward, device_type, dtype, *args, **kwargs):
@@ -113,10 +137,20 @@ class CompileWatch:
     Warm-up: the first RECOMPILE_WARMUP_UPDATES updates for training, the first validation round for
     validation (no_grad and eval mode are graphs of their own)."""
 
-    def __init__(self, backend_name):
+    def __init__(self, backend_name, mode="default"):
         import torch._dynamo
 
         self._backend = torch._dynamo.lookup_backend(backend_name)
+        self.mode = mode
+        # torch.compile(mode=...) takes no backend object; inductor takes the same mode as its config patches.
+        self._config_patches = {}
+        if mode != "default":
+            if backend_name != "inductor":
+                raise UsageError(f"--compile-mode {mode} is a mode of torch.compile's inductor backend, and this "
+                                 f"run compiles with {backend_name}: leave --compile-mode out")
+            from torch._inductor import list_mode_options
+
+            self._config_patches = list_mode_options(mode)
         self.compiles = 0
         self.recompiles_after_warmup = 0
         self._seen = 0
@@ -127,6 +161,8 @@ class CompileWatch:
 
     def backend(self, graph_module, example_inputs, **kwargs):
         self.compiles += 1
+        if self._config_patches:
+            kwargs["config_patches"] = {**self._config_patches, **(kwargs.get("config_patches") or {})}
         return self._backend(graph_module, example_inputs, **kwargs)
 
     def after_update(self, num_updates):

@@ -23,6 +23,16 @@ def clip_grad_norm(params, max_norm):
     return total
 
 
+def zero_in_place(params, grads):
+    """Gives each parameter its gradient buffer back (`grads[i]`, or a new one where it had none), zeroed, so that
+    gradients accumulate in memory of their own from an update's first micro-batch on."""
+    present = [g for g in grads if g is not None]
+    if present:
+        torch._foreach_zero_(present)
+    for p, g in zip(params, grads):
+        p.grad = torch.zeros_like(p) if g is None else g
+
+
 def log_update(grad_norm, clip_norm):
     """What Fairseq logs for every update, minus its host reads."""
     metrics.log_speed("ups", 1.0, priority=100, round=2)

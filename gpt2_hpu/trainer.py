@@ -7,7 +7,9 @@ Fairseq's own: same losses, same logs.
 The fast path (each piece its own option; `--fast-path` turns them all on, see fast_path.py):
 - `--bf16` is bf16 autocast around the model's forward, with fp32 weights (the optimizer's masters) and an fp32
   loss: Fairseq's own `--bf16` casts the whole model and is its TPU path;
-- `--compile` runs forward and backward under `torch.compile` (the device picks the backend);
+- `--compile` runs forward and backward under `torch.compile` (the device picks the backend); with
+  `--compile-mode reduce-overhead` on CUDA the graphs replay as CUDA graphs, and gradients stay in buffers kept
+  from update to update;
 - `--fused-attention` computes causal self-attention with one fused kernel, and checks each batch's padding on
   the host instead of Fairseq's per-batch device read (padding.py);
 - gradient clipping stays on the device, and the statistics of an update reach the host only at logging steps:
@@ -58,6 +60,9 @@ class PluginTrainer(Trainer):
                                                       self._autocast_dtype, self.compile_backend(),
                                                       self.fused_sdpa, lazy=self.is_lazy())
         fast_path.compile_loss(self._criterion, self._compile_watch)
+        # CUDA graphs write their outputs, gradients included, to memory that the next replay overwrites: the
+        # gradients accumulate into buffers of their own, kept from update to update.
+        self._grads_kept = fast_path.uses_cuda_graphs(cfg.common)
         # With every self-attention fused, Fairseq's per-batch padding test (a device read) is checked on the
         # host instead (padding.py).
         self._padding = padding.PaddingAtEnd(self._model) if getattr(cfg.common, "fused_attention", False) else None
@@ -169,6 +174,14 @@ class PluginTrainer(Trainer):
         return stats.clip_grad_norm(self.optimizer.params, clip_norm)
 
     # --- steps ------------------------------------------------------------------------------------------
+    def zero_grad(self):
+        if not self._grads_kept:
+            return super().zero_grad()
+        params = [p for p in self._model.parameters() if p.requires_grad]
+        kept = [p.grad for p in params]
+        super().zero_grad()  # the optimizer's own bookkeeping (an fp16 optimizer's fp32 gradients, for one)
+        stats.zero_in_place(params, kept)
+
     def _prepare_sample(self, sample, is_dummy=False):
         if self._padding is not None and isinstance(sample, dict) and sample is not self._dummy_batch:
             # Still on the host: Fairseq moves it below (HpuTrainer after this).

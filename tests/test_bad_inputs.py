@@ -55,6 +55,10 @@ CASES = {
     "bf16-with-fp16": (
         lambda tmp, data, save: _train("fairseq-train", data, "--bf16", "--fp16", "--save-dir", save),
         0, "--bf16 with --fp16 or --amp: choose one precision"),
+    "cuda-graphs-without-cuda": (
+        lambda tmp, data, save: _train("fairseq-train", data, "--compile", "--compile-mode", "reduce-overhead",
+                                       "--save-dir", save),
+        0, "--compile-mode reduce-overhead replays CUDA graphs, and this run has no CUDA device"),
     "missing-user-dir": (
         lambda tmp, data, save: _train("gpt2-hpu-train", data, "--user-dir", tmp / "no-plugin", "--save-dir", save),
         0, "--user-dir {tmp}/no-plugin: no such folder"),

@@ -64,6 +64,50 @@ def test_fused_attention_equals_stock_forward_and_gradients(training):
     assert all(isinstance(layer.self_attn, MultiheadAttention) for layer in fused.decoder.layers)
 
 
+def _matrix_products(model, toks):
+    """How many 2-D matrix products (aten mm and addmm: linear layers, not attention) one forward and backward
+    of `model` runs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    products = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default}
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += func in products
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        kh.forward_backward(model, toks)
+    return Count.n
+
+
+def test_q_k_and_v_come_from_one_matrix_product():
+    stock = kh.tiny_lm()
+    fused = _fused_copy(stock)
+    toks = kh.tokens()
+    # Per layer, stock projects q, k and v with three products forward and six backward (input and weight
+    # gradients); the fused layer with one forward and two backward.
+    assert _matrix_products(stock, toks) - _matrix_products(fused, toks) == 2 * ((3 + 6) - (1 + 2))
+    # Three gradients, one per stock parameter, none of them shared: the state dict is still stock's.
+    _, grads = kh.forward_backward(fused, toks)
+    names = [f"decoder.layers.0.self_attn.{p}_proj.{w}" for p in "qkv" for w in ("weight", "bias")]
+    assert all(grads[n].abs().sum() > 0 for n in names)
+
+
+def test_projections_with_hooks_run_as_they_are():
+    stock = kh.tiny_lm()
+    fused = _fused_copy(stock)
+    calls = []
+    for layer in fused.decoder.layers:
+        for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+            proj.register_forward_pre_hook(lambda module, args: calls.append(module))
+    toks = kh.tokens()
+    _assert_same(kh.forward_backward(stock, toks), kh.forward_backward(fused, toks))
+    assert len(calls) == 3 * 2
+
+
 def test_attention_dropout_is_drawn_in_training_and_reproducible_by_seed():
     fused = _fused_copy(kh.tiny_lm(attention_dropout=0.3))
     toks = kh.tokens()

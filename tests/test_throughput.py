@@ -173,7 +173,11 @@ def test_negative_warmup_is_refused():
 
 def test_configurations_per_device_and_their_commands(tmp_path):
     cuda = bench.parse_args(["--device", "cuda", "--preset", "seed"])
-    assert cuda.configs == ["stock-fp16", "plugin-fast", "plugin-fast-eager", "stock-fp16-ckpt"] and cuda.rounds == 1
+    assert cuda.configs == ["stock-fp16", "plugin-fast", "plugin-fast-graphs", "plugin-fast-eager",
+                            "stock-fp16-ckpt"] and cuda.rounds == 1
+    graphs = bench.fairseq_args("plugin-fast-graphs", cuda)
+    assert graphs[graphs.index("--fast-path") + 1:graphs.index("--fast-path") + 3] == ["--compile-mode",
+                                                                                        "reduce-overhead"]
     assert (cuda.updates, cuda.warmup, cuda.fast_flags) == (40, 10, ["--fast-path"])
     stock = bench.fairseq_args("stock-fp16-ckpt", cuda)
     fast = bench.fairseq_args("plugin-fast", cuda)
@@ -220,7 +224,7 @@ def _fake_record(rate, ok=True, cpu_s=0.1):
     if not ok:
         return {"ok": False, "error": "exit status 1", "last_lines": ["Traceback ..."], "log": "x.log"}
     return {"ok": True, "tokens_per_s": rate, "mfu": None, "peak_mem_gb": 0.5, "counted_updates": 25,
-            "seconds": 2.5, "median_update_s": 0.1, "cpu_s_per_update": cpu_s, "process_s": 30.0,
+            "seconds": 2.5, "median_update_s": 0.1, "cpu_s_per_update": cpu_s, "process_s": 30.0, "last_loss": 9.5,
             "device_name": "AMD EPYC", "torch": "2.13.0", "fairseq": "0.12.3.1", "python": "3.11.7",
             "command": "python -m fairseq_cli.train ..."}
 
@@ -246,6 +250,7 @@ def test_results_on_fake_runs(monkeypatch, tmp_path, capsys):
     assert doc["device"] == "AMD EPYC" and doc["device_kind"] == "cpu" and doc["all_ok"]
     assert doc["speedup"] == 1.5 and doc["overhead"] == 0.01  # best rounds: 1500/1000 and 1 - 990/1000
     assert doc["overhead_cpu_time"] == 0.25
+    assert doc["over_baseline"] == {"stock-fp32": 1.0, "plugin-fp32": 0.99, "plugin-fast": 1.5}
     assert doc["configs"]["plugin-fp32"]["rounds_tokens_per_s"] == [950.0, 990.0]
     # Round by round: 1 - 950/1000, then 1 - 990/900.
     assert doc["overhead_rounds"] == [0.05, -0.1] and doc["overhead_median_of_rounds"] == pytest.approx(-0.025)

@@ -35,8 +35,19 @@ def compose_config(config_dir, name, overrides):
     except ImportError:  # hydra-core 1.0 (stock Fairseq 0.12.2)
         from hydra.experimental import compose, initialize_config_dir
     kwargs = {"version_base": None} if "version_base" in inspect.signature(initialize_config_dir).parameters else {}
-    with initialize_config_dir(config_dir=str(config_dir), **kwargs):
-        return compose(name, overrides=overrides)
+    if not kwargs:
+        with initialize_config_dir(config_dir=str(config_dir)):
+            return compose(name, overrides=overrides)
+    # version_base=None sets Hydra's process-wide version base, under which Fairseq's own later use of
+    # hydra.experimental (convert_namespace_to_omegaconf) raises ImportError: put it back afterwards.
+    from hydra.version import VersionBase
+
+    saved = VersionBase.instance().version_base
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), **kwargs):
+            return compose(name, overrides=overrides)
+    finally:
+        VersionBase.instance().version_base = saved
 
 
 def _from_yaml(name, overrides=()):

@@ -12,6 +12,12 @@ import os
 import sys
 import time
 
+# What torch.compile(mode="reduce-overhead") sets for CUDA graphs under the profiler (CUPTI's re-init and teardown
+# crash with them); the plugin reaches inductor's CUDA graphs through its backend instead, so it is set here, before
+# torch loads, for plugin-fast-graphs. Without CUDA graphs it changes nothing this one-shot profile needs.
+os.environ.setdefault("DISABLE_CUPTI_LAZY_REINIT", "1")
+os.environ.setdefault("TEARDOWN_CUPTI", "0")
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_throughput  # noqa: E402  (puts the repository on the path before Fairseq loads)
 

@@ -39,7 +39,8 @@ Each entry is one small function; when Fairseq grows the hook it stands in for, 
 
 Not here, because they change one model object rather than Fairseq: the fast path's changes, made by the trainer
 on its own model when their options are on. fast_path.prepare_model and compile_loss set the model's `forward`
-and the criterion's `compute_loss` as instance attributes (autocast, torch.compile);
+and the criterion's `compute_loss` as instance attributes (autocast, torch.compile), and, compiling, fill the
+decoder's causal-mask cache on the device (`future_masks_on_device`);
 fused_attention.use_fused_attention changes the class of decoder self-attentions to a subclass; and
 padding.PaddingAtEnd sets the decoder's own `cross_self_attention` flag, which Fairseq's decoder reads only to
 skip its per-batch padding test.

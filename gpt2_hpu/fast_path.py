@@ -58,9 +58,9 @@ def take_bf16(common):
     return torch.bfloat16
 
 
-def prepare_model(model, common, device_type, autocast_dtype, compile_backend, make_sdpa, lazy=False):
+def prepare_model(model, common, device_type, autocast_dtype, compile_backend, make_sdpa, lazy=False, seq_len=0):
     """Applies the fast-path options to `model` in place; returns the CompileWatch when compiling.
-    `make_sdpa()` gives the device's fused attention kernel (None: torch's)."""
+    `make_sdpa()` gives the device's fused attention kernel (None: torch's); `seq_len`: the tokens per sample."""
     if getattr(common, "fused_attention", False):
         from gpt2_hpu.fused_attention import use_fused_attention
 
@@ -79,6 +79,7 @@ def prepare_model(model, common, device_type, autocast_dtype, compile_backend, m
     if compile_on:
         backend = str(getattr(common, "compile_backend", "") or compile_backend)
         watch = CompileWatch(backend, compile_mode(common))
+        future_masks_on_device(model, seq_len)
         # dynamic=False: the shapes are fixed (--sample-break-mode none), and a new shape should show as a
         # recompile in the log, not turn into a slower dynamic graph.
         forward = torch.compile(forward, backend=watch.backend, dynamic=False)
@@ -97,9 +98,19 @@ def compile_mode(common):
     return str(getattr(common, "compile_mode", "default") or "default")
 
 
-def uses_cuda_graphs(common):
-    """True when the compiled graphs replay as CUDA graphs (checks.compile_mode keeps these modes to CUDA)."""
-    return bool(getattr(common, "compile", False)) and compile_mode(common) in CUDA_GRAPH_MODES
+def future_masks_on_device(model, seq_len):
+    """Fills each Fairseq decoder's causal-mask cache on the model's device, for `seq_len` tokens. The decoder
+    builds the mask on the host the first time it runs and keeps it on the device afterwards: compiled, that first
+    forward has host work in its graph (no CUDA graph for it), and the cache's change makes dynamo compile the
+    model a second time."""
+    if seq_len <= 0:
+        return
+    for module in model.modules():
+        future_mask = getattr(module, "_future_mask", None)
+        param = next(module.parameters(), None)
+        if isinstance(future_mask, torch.Tensor) and callable(getattr(module, "buffered_future_mask", None)) \
+                and param is not None:
+            module.buffered_future_mask(torch.empty(seq_len, 1, device=param.device, dtype=param.dtype))
 
 
 def compile_loss(criterion, watch):
@@ -108,7 +119,7 @@ def compile_loss(criterion, watch):
     if watch is None or not callable(getattr(criterion, "compute_loss", None)):
         return False
     compiled = torch.compile(criterion.compute_loss, backend=watch.backend, dynamic=False)
-    if watch.mode in CUDA_GRAPH_MODES:
+    if watch.cuda_graphs:
         # A CUDA graph writes its outputs to the same memory at every replay, and Fairseq keeps each
         # micro-batch's loss in its logging output until the update ends.
         compiled = functools.partial(owned_outputs, compiled)
@@ -141,6 +152,7 @@ class CompileWatch:
         import torch._dynamo
 
         self._backend = torch._dynamo.lookup_backend(backend_name)
+        self._backend_name = backend_name
         self.mode = mode
         # torch.compile(mode=...) takes no backend object; inductor takes the same mode as its config patches.
         self._config_patches = {}
@@ -158,6 +170,18 @@ class CompileWatch:
         self._validating = False
         self._reasons = []
         _capture_recompile_reasons(self._reasons)
+
+    @property
+    def cuda_graphs(self):
+        """True when the compiled graphs replay as CUDA graphs: by --compile-mode, by inductor's own setting
+        (TORCHINDUCTOR_CUDAGRAPHS=1), or with dynamo's cudagraphs backend."""
+        if self._backend_name == "cudagraphs":
+            return True
+        if self._backend_name != "inductor":
+            return False
+        from torch._inductor import config
+
+        return bool(self._config_patches.get("triton.cudagraphs", config.triton.cudagraphs))
 
     def backend(self, graph_module, example_inputs, **kwargs):
         self.compiles += 1

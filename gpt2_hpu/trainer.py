@@ -58,11 +58,12 @@ class PluginTrainer(Trainer):
         self.speed = fast_path.make_speed_meter(cfg, self._model, self.device_name())
         self._compile_watch = fast_path.prepare_model(self._model, cfg.common, self.autocast_device_type(),
                                                       self._autocast_dtype, self.compile_backend(),
-                                                      self.fused_sdpa, lazy=self.is_lazy())
+                                                      self.fused_sdpa, lazy=self.is_lazy(),
+                                                      seq_len=int(getattr(cfg.task, "tokens_per_sample", 0) or 0))
         fast_path.compile_loss(self._criterion, self._compile_watch)
         # CUDA graphs write their outputs, gradients included, to memory that the next replay overwrites: the
         # gradients accumulate into buffers of their own, kept from update to update.
-        self._grads_kept = fast_path.uses_cuda_graphs(cfg.common)
+        self._grads_kept = self._compile_watch is not None and self._compile_watch.cuda_graphs
         # With every self-attention fused, Fairseq's per-batch padding test (a device read) is checked on the
         # host instead (padding.py).
         self._padding = padding.PaddingAtEnd(self._model) if getattr(cfg.common, "fused_attention", False) else None

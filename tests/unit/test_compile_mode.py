@@ -110,3 +110,67 @@ def test_gradients_accumulate_in_buffers_kept_from_update_to_update():
     # From the first update on, the same two tensors hold the gradients, zeroed at each update's start.
     assert all(a is b for a, b in zip(kept_buffers[1], kept_buffers[2]))
     assert all(g is not None for g in kept_buffers[0]) and kept_buffers[0][0] is kept_buffers[2][0]
+
+
+def test_which_runs_replay_cuda_graphs():
+    from torch._inductor import config
+
+    from gpt2_hpu.fast_path import CompileWatch
+
+    replayed = [CompileWatch("inductor", "reduce-overhead"), CompileWatch("inductor", "max-autotune"),
+                CompileWatch("cudagraphs")]
+    assert all(watch.cuda_graphs for watch in replayed)
+    plain = [CompileWatch("inductor"), CompileWatch("inductor", "max-autotune-no-cudagraphs"), CompileWatch("eager")]
+    assert not any(watch.cuda_graphs for watch in plain)
+    # Inductor's own switch (TORCHINDUCTOR_CUDAGRAPHS=1) replays them too: the trainer must know.
+    assert not config.triton.cudagraphs
+    with config.patch({"triton.cudagraphs": True}):
+        assert CompileWatch("inductor").cuda_graphs and not CompileWatch("eager").cuda_graphs
+
+
+def test_the_loss_is_copied_out_only_where_graphs_replay():
+    import functools
+
+    from gpt2_hpu.fast_path import CompileWatch, compile_loss, owned_outputs
+
+    class Criterion:
+        def compute_loss(self, model, net_output, sample, reduce=True):
+            return net_output, net_output
+
+    replayed, plain = Criterion(), Criterion()
+    assert compile_loss(replayed, CompileWatch("inductor", "reduce-overhead"))
+    assert compile_loss(plain, CompileWatch("eager"))
+    assert isinstance(replayed.compute_loss, functools.partial) and replayed.compute_loss.func is owned_outputs
+    assert not isinstance(plain.compute_loss, functools.partial)
+
+
+def test_the_causal_mask_built_beforehand_spares_a_second_compilation():
+    import kernel_helpers as kh
+    import torch
+
+    from gpt2_hpu.fast_path import future_masks_on_device
+
+    def compilations_per_call(built_beforehand):
+        model = kh.tiny_lm()
+        if built_beforehand:
+            future_masks_on_device(model, kh.TOKENS)
+            assert model.decoder._future_mask.shape == (kh.TOKENS, kh.TOKENS)
+        seen = []
+
+        def count(graph_module, example_inputs):
+            seen.append(graph_module)
+            return graph_module.forward
+
+        torch._dynamo.reset()
+        forward = torch.compile(model.forward, backend=count, dynamic=False)
+        counts = []
+        for _ in range(3):
+            forward(kh.tokens())[0].sum().backward()
+            counts.append(len(seen))
+        return counts
+
+    # Fairseq's decoder builds its mask during the first call, and the changed cache makes dynamo compile again.
+    first, second, third = compilations_per_call(built_beforehand=False)
+    assert second > first and third == second
+    first, second, third = compilations_per_call(built_beforehand=True)
+    assert first == second == third

@@ -185,7 +185,7 @@ def test_configurations_per_device_and_their_commands(tmp_path):
     assert fast[fast.index("--user-dir") + 1] == bench.PLUGIN_DIR and os.path.isdir(bench.PLUGIN_DIR)
     assert "--fast-path" in fast and "--fp16" not in fast and "--cpu" not in fast
     for flag, value in [("--tokens-per-sample", "1024"), ("--batch-size", "8"), ("--update-freq", "8"),
-                        ("--max-update", "40"), ("--adam-betas", "(0.9, 0.95)"), ("--log-interval", "1")]:
+                        ("--max-update", "40"), ("--adam-betas", "(0.9, 0.95)"), ("--log-interval", "10")]:
         assert stock[stock.index(flag) + 1] == value
 
     cpu = bench.parse_args(["--device", "cpu", "--updates", "12", "--warmup", "3", "--fast-flags", "",
@@ -194,9 +194,17 @@ def test_configurations_per_device_and_their_commands(tmp_path):
     assert bench.fairseq_args("plugin-fast", cpu) == bench.fairseq_args("plugin-fp32", cpu)
     assert "--cpu" in bench.fairseq_args("stock-fp32", cpu)
 
-    sparse = bench.parse_args(["--device", "cuda", "--preset", "seed", "--log-interval", "10"])
-    args = bench.fairseq_args("plugin-fast", sparse)
-    assert args[args.index("--log-interval") + 1] == "10" and args.count("--log-interval") == 1
+    assert cpu.log_interval == 1  # the tiny preset's
+    dense = bench.parse_args(["--device", "cuda", "--preset", "seed", "--log-interval", "5"])
+    args = bench.fairseq_args("plugin-fast", dense)
+    assert args[args.index("--log-interval") + 1] == "5" and args.count("--log-interval") == 1
+
+    # The host preset: GPT-2 small's 12 layers and 12 heads, the seed's update-freq, tiny widths.
+    host = bench.fairseq_args("plugin-fast", bench.parse_args(["--device", "cpu", "--preset", "host"]))
+    for flag, value in [("--decoder-attention-heads", "12"), ("--update-freq", "8"), ("--log-interval", "10"),
+                        ("--max-update", "60")]:
+        assert host[host.index(flag) + 1] == value
+    assert "--decoder-layers" not in host  # transformer_lm_gpt's own 12
 
 
 @pytest.mark.parametrize("argv", [
@@ -218,6 +226,13 @@ def test_measure_replays_the_stamped_updates():
     assert (result["counted_updates"], result["counted_tokens"], result["seconds"]) == (3, 192.0, 2.0)
     assert result["tokens_per_s"] == 96.0 and result["mfu"] == pytest.approx(0.096)
     assert result["median_update_s"] == 0.5 and result["cpu_s_per_update"] == 1.0
+
+    # A line every 2 updates (--log-interval 2): Fairseq's wpb is then the mean of the two updates.
+    sparse = [[10.0, 2, 64.0, 3.0], [12.0, 4, 64.0, 5.0], [13.0, 6, 32.0, 6.0]]
+    result = bench.measure(sparse, warmup=2)
+    assert (result["counted_updates"], result["counted_tokens"], result["seconds"]) == (4, 192.0, 3.0)
+    assert result["tokens_per_s"] == 64.0 and result["median_update_s"] == 0.75
+    assert result["cpu_s_per_update"] == 0.75
 
 
 def _fake_record(rate, ok=True, cpu_s=0.1):

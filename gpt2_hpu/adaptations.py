@@ -43,7 +43,9 @@ and the criterion's `compute_loss` as instance attributes (autocast, torch.compi
 decoder's causal-mask cache on the device (`future_masks_on_device`);
 fused_attention.use_fused_attention changes the class of decoder self-attentions to a subclass; and
 padding.PaddingAtEnd sets the decoder's own `cross_self_attention` flag, which Fairseq's decoder reads only to
-skip its per-batch padding test.
+skip its per-batch padding test. For the length of each update, module_walks.once_per_update sets `train` and
+`set_num_updates` on the model Fairseq's task receives, so that the task's walks over every module, repeated at
+each micro-batch, run once per update.
 """
 import functools
 import os

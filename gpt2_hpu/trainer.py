@@ -32,7 +32,7 @@ from fairseq import metrics, utils
 from fairseq.distributed import utils as distributed_utils
 from fairseq.trainer import Trainer
 
-from gpt2_hpu import checkpoints, fast_path, padding, preemption, stats
+from gpt2_hpu import checkpoints, fast_path, module_walks, padding, preemption, stats
 from gpt2_hpu.optim import zero
 
 logger = logging.getLogger(__name__)
@@ -191,7 +191,8 @@ class PluginTrainer(Trainer):
 
     def train_step(self, samples, raise_oom=False):
         try:
-            logging_output = super().train_step(samples, raise_oom)
+            with module_walks.once_per_update(self.model):
+                logging_output = super().train_step(samples, raise_oom)
         except FloatingPointError as e:
             # Fairseq has saved crash.pt and re-run the update under its NanDetector: the stop, in one line.
             raise checkpoints.training_stopped(e, self.get_num_updates() + 1, self.cfg.checkpoint.save_dir,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The seed-recipe throughput benchmark on one CUDA GPU: stock Fairseq --fp16, stock --fp16
 # --checkpoint-activations (the recipe as written) and the plugin's fast path (compiled, with CUDA graphs, and
-# not compiled), 40 updates each of GPT-2 small (8 x 1024 tokens, update-freq 8) on Fairseq's dummy data;
+# not compiled), 40 updates each of GPT-2 small (8 x 1024 tokens, update-freq 8) on Fairseq's dummy data, a log
+# line every 10 updates as in the seed recipe (the H200 numbers of 2026-11-28 logged every update);
 # tokens/s over the last 30, MFU, peak memory, each over stock --fp16, and speedup=. About 5 minutes on an H200
 # (torch.compile's warm-up included); each configuration may take at most 115 s, so the whole run stays under
 # 10 minutes even if every one hangs.

@@ -4,8 +4,9 @@
 On a shared host the wall time of the same run moves by 5 to 10 % from run to run, so a wall-clock benchmark
 cannot tell whether the plugin (without the fast path) costs more or less than 2 % of an update. The plugin's
 own work per update is host work: Python around Fairseq's steps. This script trains stock Fairseq and the plugin
-(`stock-fp32` and `plugin-fp32` of train_throughput.py, tiny preset, one thread) each in its own process, with
-`cProfile` switched on from update W's log line to update N's, and reports per update:
+(`stock-fp32` and `plugin-fp32` of train_throughput.py, tiny preset, one thread; `--fast-path` adds
+`plugin-fast`) each in its own process, with `cProfile` switched on from update W's log line to update N's, and
+reports per update:
 
 - `python_ms`: time spent in Python functions' own code (the interpreter's work: Fairseq's and the plugin's);
 - `native_ms`: time in C functions, torch's operators among them (the arithmetic, the same in both runs);
@@ -16,7 +17,11 @@ own work per update is host work: Python around Fairseq's steps. This script tra
 host code adds to, or saves from, a stock update. The profiler slows Python several-fold, so both ms figures
 are profiled times, comparable with each other, not with an unprofiled run.
 
+With `--preset host` (GPT-2 small's 12 layers and update-freq 8 at tiny widths) the arithmetic is next to
+nothing, and the counts are the host work a GPU would wait for.
+
     python benchmarks/plugin_overhead.py [--updates 150 --warmup 20] [--out results.json] [--keep-profiles DIR]
+    python benchmarks/plugin_overhead.py --preset host --fast-path --updates 60 --warmup 20
 """
 import argparse
 import json
@@ -60,9 +65,8 @@ out = {"window": window, "plugin_loaded": "gpt2_hpu" in sys.modules,
        "native_s": sum(tt for (f, _, _), (_, _, tt, _, _) in stats.items() if native(f)),
        "calls": sum(nc for (f, _, _), (_, nc, _, _, _) in stats.items() if not native(f)),
        "torch_calls": sum(nc for (f, _, name), (_, nc, _, _, _) in stats.items() if native(f) and "torch" in name)}
-if os.environ.get("PLUGIN_OVERHEAD_PROFILES"):  # --keep-profiles: for pstats, function by function
-    profiler.dump_stats(os.path.join(os.environ["PLUGIN_OVERHEAD_PROFILES"],
-                                     "plugin.prof" if out["plugin_loaded"] else "stock.prof"))
+if os.environ.get("PLUGIN_OVERHEAD_PROFILE"):  # --keep-profiles: for pstats, function by function
+    profiler.dump_stats(os.environ["PLUGIN_OVERHEAD_PROFILE"])
 print("PLUGIN_OVERHEAD_RESULT " + json.dumps(out), flush=True)
 """
 
@@ -70,7 +74,8 @@ print("PLUGIN_OVERHEAD_RESULT " + json.dumps(out), flush=True)
 def profile(config, args, work_dir):
     """One configuration's profiled window, per update."""
     cmd = [sys.executable, "-c", CHILD, str(args.warmup), str(args.updates)] + bench.fairseq_args(config, args)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PLUGIN_OVERHEAD_PROFILES=args.keep_profiles or "")
+    keep = os.path.join(args.keep_profiles, config + ".prof") if args.keep_profiles else ""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PLUGIN_OVERHEAD_PROFILE=keep)
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=work_dir)
     lines = proc.stdout.splitlines()
     child = next((json.loads(ln[len(RESULT_TAG):]) for ln in reversed(lines) if ln.startswith(RESULT_TAG)), None)
@@ -91,14 +96,19 @@ def main(argv=None):
     p.add_argument("--updates", type=int, default=150)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--out", help="results JSON (default: none)")
-    p.add_argument("--keep-profiles", metavar="DIR", help="write stock.prof and plugin.prof (cProfile) here")
+    p.add_argument("--keep-profiles", metavar="DIR", help="write <config>.prof (cProfile) here for each one")
+    p.add_argument("--preset", choices=("tiny", "host"), default="tiny",
+                   help="the throughput benchmark's preset: tiny, or host (GPT-2 small's 12 layers at tiny widths)")
+    p.add_argument("--fast-path", action="store_true", help="profile plugin-fast (--fast-path) too")
     args = p.parse_args(argv)
     if not 1 <= args.warmup < args.updates:
         p.error("need 1 <= --warmup < --updates")
-    # The throughput benchmark's tiny CPU commands, one log line per update.
-    args.device, args.preset, args.log_interval, args.fast_flags = "cpu", "tiny", 1, []
+    # The throughput benchmark's CPU commands, one log line per update.
+    args.device, args.log_interval = "cpu", 1
+    args.fast_flags = bench.FAST_PATH_FLAGS if args.fast_path else []
     work_dir = tempfile.mkdtemp(prefix="plugin-overhead-")  # Fairseq makes its checkpoint folder even with --no-save
-    results = {c: profile(c, args, work_dir) for c in ("stock-fp32", "plugin-fp32")}
+    configs = ("stock-fp32", "plugin-fp32") + (("plugin-fast",) if args.fast_path else ())
+    results = {c: profile(c, args, work_dir) for c in configs}
     stock, plugin = results["stock-fp32"], results["plugin-fp32"]
     overhead = (plugin["python_ms"] - stock["python_ms"]) / (stock["python_ms"] + stock["native_ms"])
     print("%-12s %10s %10s %10s %12s" % ("config", "python_ms", "native_ms", "calls", "torch_calls"))
@@ -108,7 +118,7 @@ def main(argv=None):
     print("overhead_python=%+.2f%%" % (100 * overhead))
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"preset": "tiny", "updates": args.updates, "warmup": args.warmup, "threads": 1,
+            json.dump({"preset": args.preset, "updates": args.updates, "warmup": args.warmup, "threads": 1,
                        "overhead_python": round(overhead, 4), "configs": results}, f, indent=1)
             f.write("\n")
     return 0

@@ -106,6 +106,8 @@ def main(argv=None):
     # The throughput benchmark's CPU commands, one log line per update.
     args.device, args.log_interval = "cpu", 1
     args.fast_flags = bench.FAST_PATH_FLAGS if args.fast_path else []
+    if args.keep_profiles:
+        os.makedirs(args.keep_profiles, exist_ok=True)
     work_dir = tempfile.mkdtemp(prefix="plugin-overhead-")  # Fairseq makes its checkpoint folder even with --no-save
     configs = ("stock-fp32", "plugin-fp32") + (("plugin-fast",) if args.fast_path else ())
     results = {c: profile(c, args, work_dir) for c in configs}

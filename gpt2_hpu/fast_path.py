@@ -142,13 +142,6 @@ def _autocast_forward(forward, device_type, dtype, *args, **kwargs):
         return forward(*args, **kwargs)
 
 
-# Inductor's generated code checks the size and stride of every graph input and every extern kernel's output
-# (each matrix product) on the host, at every call: about 500 checks a micro-batch for GPT-2's forward and
-# backward, host time a GPU waits for. The shapes are static here (dynamic=False), and dynamo's guards already
-# check each input's size and stride before a graph runs.
-INDUCTOR_HOST_CHECKS_OFF = {"size_asserts": False}
-
-
 class CompileWatch:
     """Counts graph compilations and logs a warning, with dynamo's stated cause, for each one after warm-up.
 
@@ -161,17 +154,15 @@ class CompileWatch:
         self._backend = torch._dynamo.lookup_backend(backend_name)
         self._backend_name = backend_name
         self.mode = mode
-        self._config_patches = {}
-        if backend_name == "inductor":
-            self._config_patches.update(INDUCTOR_HOST_CHECKS_OFF)
         # torch.compile(mode=...) takes no backend object; inductor takes the same mode as its config patches.
+        self._config_patches = {}
         if mode != "default":
             if backend_name != "inductor":
                 raise UsageError(f"--compile-mode {mode} is a mode of torch.compile's inductor backend, and this "
                                  f"run compiles with {backend_name}: leave --compile-mode out")
             from torch._inductor import list_mode_options
 
-            self._config_patches.update(list_mode_options(mode))
+            self._config_patches = list_mode_options(mode)
         self.compiles = 0
         self.recompiles_after_warmup = 0
         self._seen = 0

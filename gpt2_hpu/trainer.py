@@ -183,6 +183,12 @@ class PluginTrainer(Trainer):
         super().zero_grad()  # the optimizer's own bookkeeping (an fp16 optimizer's fp32 gradients, for one)
         stats.zero_in_place(params, kept)
 
+    def _build_ema(self):
+        # Fairseq builds its EMA copy, a deep copy of the model, at first use, inside an update: a copy made with
+        # the update's shortcuts on the model would keep them.
+        with module_walks.set_aside(self._model):
+            super()._build_ema()
+
     def _prepare_sample(self, sample, is_dummy=False):
         if self._padding is not None and isinstance(sample, dict) and sample is not self._dummy_batch:
             # Still on the host: Fairseq moves it below (HpuTrainer after this).

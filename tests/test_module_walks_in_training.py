@@ -22,8 +22,20 @@ def counted_set_num_updates(self, num_updates):
     return set_num_updates(self, num_updates)
 BaseFairseqModel.train = counted_train
 BaseFairseqModel.set_num_updates = counted_set_num_updates
+from fairseq.trainer import Trainer
+trainers = []
+train_step = Trainer.train_step
+def recorded_train_step(self, *args, **kwargs):
+    trainers[:] = [self]
+    return train_step(self, *args, **kwargs)
+Trainer.train_step = recorded_train_step
 sys.argv[0] = "fairseq-train"
 fairseq_cli.train.cli_main()
+ema = trainers[0]._ema
+if ema is not None:  # --store-ema: the EMA copy's own instance attributes, and its weights
+    model = ema.get_model()
+    walks["ema_instance_attributes"] = sorted(k for k in ("train", "set_num_updates") if k in vars(model))
+    walks["ema_weights"] = [float(p.double().sum()) for p in model.parameters()]
 print("WALKS " + json.dumps(walks), flush=True)
 """
 
@@ -45,3 +57,12 @@ def test_an_update_walks_the_modules_once(tiny_data, tmp_path):
     assert stock == {"train": updates * (1 + update_freq), "set_num_updates": updates * update_freq}, stock
     assert plugin == {"train": updates, "set_num_updates": updates}, plugin
     assert len(plugin_losses) == updates and plugin_losses == stock_losses
+
+
+def test_the_ema_copy_is_stocks(tiny_data, tmp_path):
+    """Fairseq builds its EMA copy (a deep copy of the model) inside the first update: it has none of the update's
+    shortcuts, and its weights equal stock's."""
+    stock, _ = _run(tiny_data, tmp_path / "stock", "--store-ema", "--ema-decay", "0.5")
+    plugin, _ = _run(tiny_data, tmp_path / "plugin", "--store-ema", "--ema-decay", "0.5", "--user-dir", PACKAGE_DIR)
+    assert plugin["ema_instance_attributes"] == [] == stock["ema_instance_attributes"]
+    assert plugin["ema_weights"] == stock["ema_weights"]

@@ -70,3 +70,21 @@ def test_a_model_without_set_num_updates_gets_only_the_train_shortcut():
     with once_per_update(model):
         assert set(vars(model)) >= {"train"} and "set_num_updates" not in vars(model)
     assert "train" not in vars(model)
+
+
+def test_a_copy_made_aside_has_no_shortcuts():
+    import copy
+
+    from gpt2_hpu.module_walks import set_aside
+
+    model = Model()
+    with once_per_update(model):
+        with set_aside(model):
+            twin = copy.deepcopy(model)
+        assert "train" in vars(model) and "set_num_updates" in vars(model)
+        leaked = copy.deepcopy(model)
+    assert "train" not in vars(twin) and "set_num_updates" not in vars(twin)
+    # What set_aside is for: made with the shortcuts on, a copy keeps them, and its eval() reaches the original.
+    assert "train" in vars(leaked)
+    leaked.eval()
+    assert not model.training and leaked.training

@@ -2,7 +2,8 @@
 
 What stock Fairseq cannot do at all off CUDA, fixed for every device: DDP without device ids on CPU (and HPU),
 ZeRO-1 without fairscale, a multi-rank resume on torch >= 2.6. Without any plugin option a run is otherwise
-Fairseq's own: same losses, same logs.
+Fairseq's own: same losses, same logs, with less host work (Fairseq's walks over every module, repeated at each
+micro-batch, run once per update: module_walks.py).
 
 The fast path (each piece its own option; `--fast-path` turns them all on, see fast_path.py):
 - `--bf16` is bf16 autocast around the model's forward, with fp32 weights (the optimizer's masters) and an fp32
@@ -52,6 +53,7 @@ class PluginTrainer(Trainer):
         # Every training process builds one trainer, before Fairseq forks its data loader workers.
         preemption.install()
         self._zero_logged = False
+        self._in_train_step = False
         self._host_group = None  # gloo, for what lives on the host: statistics, the preemption flag
         self._autocast_dtype = fast_path.take_bf16(cfg.common)
         super().__init__(cfg, task, model, criterion, quantizer)
@@ -196,6 +198,11 @@ class PluginTrainer(Trainer):
         return super()._prepare_sample(sample, is_dummy)
 
     def train_step(self, samples, raise_oom=False):
+        if self._in_train_step:
+            # Fairseq's --amp retries an update whose fp16 gradients overflowed by calling train_step again from
+            # inside it: the outer call counts the update, once.
+            return super().train_step(samples, raise_oom)
+        self._in_train_step = True
         try:
             with module_walks.once_per_update(self.model):
                 logging_output = super().train_step(samples, raise_oom)
@@ -203,6 +210,8 @@ class PluginTrainer(Trainer):
             # Fairseq has saved crash.pt and re-run the update under its NanDetector: the stop, in one line.
             raise checkpoints.training_stopped(e, self.get_num_updates() + 1, self.cfg.checkpoint.save_dir,
                                                self.checkpoint_suffix) from e
+        finally:
+            self._in_train_step = False
         self._log_zero_shards_once()
         if logging_output is not None:
             # The host waited for this update's backward (Fairseq's finite-gradient check), so the host clock

@@ -8,9 +8,11 @@ fixed batch of `--tokens-per-sample`-token sequences over the preset's vocabular
 the input pipeline costs nothing and every configuration sees identical shapes.
 
 How tokens/s is measured: Fairseq logs one `train_inner` line every `--log-interval` updates (the preset's: 10
-for `seed` as in the seed recipe, 1 for `tiny`); the wrapper stamps each with `time.perf_counter()` as it is logged.
+for `seed` as in the seed recipe and for `host`, 1 for `tiny`); the wrapper stamps each with
+`time.perf_counter()` as it is logged.
 Writing that line reads the update's loss, so the host has waited for the device there: each stamp marks the end
-of an update's device work. Throughput is the tokens of updates W+1..N (their logged `wpb`) over the time from
+of an update's device work. Throughput is the tokens of updates W+1..N (each line's `wpb`, Fairseq's mean per
+update since the line before, times those updates) over the time from
 update W's stamp to update N's
 (`gpt2_hpu.throughput.Throughput`, warm-up W). Start-up, compilation and the first W updates fall outside
 the window; inside it everything a training loop pays is counted (batching, the optimizer, logging, updates

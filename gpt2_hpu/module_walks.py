@@ -28,7 +28,7 @@ def once_per_update(model):
         shortcuts["set_num_updates"] = _set_num_updates_once(set_num_updates, done)
     for shortcut in shortcuts.values():
         shortcut.module_walks_shortcut = True
-    if any(name in vars(model) for name in shortcuts):  # already inside one (a re-entered train_step)
+    if any(name in vars(model) for name in shortcuts):  # nested in another: the outer one's shortcuts stay
         yield
         return
     vars(model).update(shortcuts)

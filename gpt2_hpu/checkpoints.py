@@ -290,8 +290,9 @@ def refuse_nonfinite(module, filename, update, save_dir, suffix=""):
                           f"({shown}); {_resume_hint(save_dir, suffix)}")
 
 
-def training_stopped(error, update, save_dir, suffix=""):
+def training_stopped(error, update, save_dir, suffix="", detector_ran=True):
     """Fairseq's FloatingPointError (non-finite loss or gradients, or fp16's minimum loss scale) as one line."""
     reason = (str(error).strip().splitlines() or ["not finite"])[0].rstrip(". ")
-    return TrainingStopped(f"training stopped at update {update}: {reason} (FloatingPointError; Fairseq's "
-                           f"NanDetector lines above name where); {_resume_hint(save_dir, suffix)}")
+    where = "FloatingPointError; Fairseq's NanDetector lines above name where" if detector_ran else "not finite"
+    return TrainingStopped(f"training stopped at update {update}: {reason} ({where}); "
+                           f"{_resume_hint(save_dir, suffix)}")

@@ -141,6 +141,11 @@ class Throughput:
                 self._paused_total += self._clock() - self._pause_began
 
     @property
+    def updates(self):
+        """Updates recorded since `start()`, warm-up included."""
+        return self._updates
+
+    @property
     def counted_updates(self):
         return self._counted_updates
 

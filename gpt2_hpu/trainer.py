@@ -14,7 +14,8 @@ The fast path (each piece its own option; `--fast-path` turns them all on, see f
 - `--fused-attention` computes causal self-attention with one fused kernel, and checks each batch's padding on
   the host instead of Fairseq's per-batch device read (padding.py);
 - gradient clipping stays on the device, and the statistics of an update reach the host only at logging steps:
-  the one host sync left per update is Fairseq's own finite-gradient check.
+  the one host sync left per update is Fairseq's own finite-gradient check, which reads the norm one update late
+  where the optimizer can skip a step on the device (`--optimizer fused_adamw` off the HPU: deferred_check.py).
 Every `train_inner` line then reports tokens/s without warm-up, validation and checkpoint time, MFU where the
 device's bf16 peak is known, and peak device memory.
 
@@ -33,8 +34,8 @@ from fairseq import metrics, utils
 from fairseq.distributed import utils as distributed_utils
 from fairseq.trainer import Trainer
 
-from gpt2_hpu import checkpoints, fast_path, module_walks, padding, preemption, stats
-from gpt2_hpu.optim import zero
+from gpt2_hpu import checkpoints, deferred_check, fast_path, module_walks, padding, preemption, stats
+from gpt2_hpu.optim import fused_adamw, zero
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,10 @@ class PluginTrainer(Trainer):
         preemption.install()
         self._zero_logged = False
         self._in_train_step = False
+        self._update_samples = None  # the batches of the update in train_step
+        self._deferred = None  # deferred_check.DeferredCheck, where the optimizer allows it (chosen at first clip)
+        self._deferred_chosen = False
+        self._replaying = None  # the NonFiniteUpdate whose update Fairseq's own step is replaying
         self._host_group = None  # gloo, for what lives on the host: statistics, the preemption flag
         self._autocast_dtype = fast_path.take_bf16(cfg.common)
         super().__init__(cfg, task, model, criterion, quantizer)
@@ -174,7 +179,54 @@ class PluginTrainer(Trainer):
             return super().clip_grad_norm(clip_norm)
         # Fairseq's own takes one norm per tensor (and, off CUDA without apex, through the CPU): one fused
         # norm over all gradients, and the scale applied on the device.
-        return stats.clip_grad_norm(self.optimizer.params, clip_norm)
+        norm = stats.clip_grad_norm(self.optimizer.params, clip_norm)
+        if self._replaying is not None:
+            # Fairseq's check meets the norm that stopped the run, whatever this second pass gave.
+            return torch.tensor(self._replaying.value)
+        deferred = self._deferred_check()
+        if deferred is None:
+            return norm
+        return deferred.hold(self.get_num_updates() + 1, norm, self._update_samples)
+
+    def _deferred_check(self):
+        if not self._deferred_chosen:
+            self._deferred_chosen = True
+            cfg = self.cfg
+            skip = fused_adamw.device_skip(self.optimizer)
+            # Not with what acts on an update before its norm is read: an EMA copy steps, BMUF syncs, --amp
+            # retries, and on several CUDA devices Fairseq compares the ranks' norms (a read of its own).
+            if skip is not None and not (cfg.common.amp or cfg.optimization.use_bmuf or self.tpu
+                                         or getattr(getattr(cfg, "ema", None), "store_ema", False)
+                                         or self._grad_norm_buf is not None):
+                self._deferred = deferred_check.DeferredCheck(skip)
+        return self._deferred
+
+    def _settle(self):
+        """Reads the gradient norm not read yet, now; stops the run if it was not finite."""
+        if self._deferred is None:
+            return
+        try:
+            self._deferred.settle()
+        except deferred_check.NonFiniteUpdate as error:
+            self._stop_at(error)
+
+    def _stop_at(self, error):
+        """The update `error` names was skipped on the device: taken back on the host, then replayed through
+        Fairseq's own step, whose check meets its norm. Fairseq saves crash.pt (the model before that update),
+        reruns it under its NanDetector and raises; the run stops in one line, as with the check at once."""
+        self._deferred.take_back()
+        self.set_num_updates(error.pending.update - 1)
+        self._replaying = error
+        try:
+            with module_walks.once_per_update(self.model):
+                super().train_step(error.pending.samples)
+        except FloatingPointError as e:
+            raise checkpoints.training_stopped(e, error.pending.update, self.cfg.checkpoint.save_dir,
+                                               self.checkpoint_suffix) from e
+        finally:
+            self._replaying = None
+        raise checkpoints.training_stopped(f"its gradient norm was {error.value}", error.pending.update,
+                                           self.cfg.checkpoint.save_dir, self.checkpoint_suffix, detector_ran=False)
 
     # --- steps ------------------------------------------------------------------------------------------
     def zero_grad(self):
@@ -203,9 +255,12 @@ class PluginTrainer(Trainer):
             # inside it: the outer call counts the update, once.
             return super().train_step(samples, raise_oom)
         self._in_train_step = True
+        self._update_samples = samples
         try:
             with module_walks.once_per_update(self.model):
                 logging_output = super().train_step(samples, raise_oom)
+        except deferred_check.NonFiniteUpdate as error:
+            self._stop_at(error)  # the update before this one
         except FloatingPointError as e:
             # Fairseq has saved crash.pt and re-run the update under its NanDetector: the stop, in one line.
             raise checkpoints.training_stopped(e, self.get_num_updates() + 1, self.cfg.checkpoint.save_dir,
@@ -214,20 +269,45 @@ class PluginTrainer(Trainer):
             self._in_train_step = False
         self._log_zero_shards_once()
         if logging_output is not None:
-            # The host waited for this update's backward (Fairseq's finite-gradient check), so the host clock
-            # lags the device by at most one optimizer step here.
+            if self._deferred is not None and self._speed_is_read():
+                self._settle()
+            # Where the speed is read, the host has waited for this update's backward (Fairseq's finite-gradient
+            # check, or the deferred one settled above), so its clock lags the device by at most one optimizer
+            # step; between those updates a deferred check lets the host run up to an update ahead.
             self.speed.update(stats.tokens_in(samples))
             self._log_speed()
         return logging_output
 
+    def _speed_is_read(self):
+        """This update's speed reading is shown, opens the speed window, or is the run's last."""
+        n = self.get_num_updates()
+        max_update = self.cfg.optimization.max_update
+        return (n % self.cfg.common.log_interval == 0 or self.speed.updates + 1 == self.speed.warmup_updates
+                or (max_update > 0 and n >= max_update))
+
+    def lr_step(self, epoch, val_loss=None):
+        self._settle()  # an epoch ends
+        return super().lr_step(epoch, val_loss)
+
     def valid_step(self, sample, raise_oom=False):
+        self._settle()
         with self.speed.paused():
             logging_output = super().valid_step(sample, raise_oom)
         if self._compile_watch is not None:
             self._compile_watch.after_valid_step()
         return logging_output
 
+    def consolidate_optimizer(self):
+        # Fairseq calls this on every rank before a checkpoint (save_checkpoint itself runs on the saving rank
+        # only): where all ranks can replay an update together.
+        self._settle()
+        super().consolidate_optimizer()
+
     def save_checkpoint(self, filename, extra_state):
+        if not self.should_save_checkpoint_on_current_rank and not self.always_call_state_dict_during_save_checkpoint:
+            # Fairseq 0.12.2 builds the whole state on every rank that gets here (its crash.pt save, on all ranks),
+            # and ZeRO holds the consolidated optimizer state on the saving rank only: as later Fairseq, nothing.
+            return None
         if self.should_save_checkpoint_on_current_rank:
             checkpoints.refuse_nonfinite(self.get_model(), filename, self.get_num_updates(),
                                          self.cfg.checkpoint.save_dir, self.checkpoint_suffix)
@@ -253,7 +333,9 @@ class PluginTrainer(Trainer):
             return super()._reduce_and_log_stats(logging_outputs, sample_size, grad_norm)
         # Fairseq reads every smoothed value back to the host here, each a device sync, only to build a legacy
         # return value that fairseq_cli.train never reads; the meters themselves keep device tensors until a
-        # logging step. (A non-finite grad_norm has already raised in train_step.)
+        # logging step. (A non-finite grad_norm has already raised in train_step, or will, deferred.)
+        if self._deferred is not None:
+            grad_norm = self._deferred.norm  # Fairseq's check was given a stand-in
         stats.log_update(grad_norm, self.cfg.optimization.clip_norm)
         with metrics.aggregate():
             if logging_outputs is not None:

@@ -18,7 +18,8 @@ from helpers import PACKAGE_DIR, TINY_MODEL, emulation_env, log_records, run
 # fairseq-train with the plugin loaded first, and what a test asks for in the environment:
 # STOCK_CHECKPOINT_WRITES: Fairseq's own checkpoint writes and copies (the safe_checkpoints adaptation undone);
 # HANG_IN_COPY_MARKER: the second copy to checkpoint_last.pt writes 4 kB, touches this file and hangs (to be killed);
-# NAN_LOSS_AT_UPDATE / NAN_PARAMETER_AT_UPDATE: the loss of that update, or a parameter after its step, is NaN.
+# NAN_LOSS_AT_UPDATE / NAN_PARAMETER_AT_UPDATE: the loss of that update, or a parameter after its step, is NaN;
+# each micro-batch's forward then prints "FORWARD <update>".
 LAUNCHER = """
 import os, shutil, sys, time
 
@@ -57,6 +58,7 @@ if nan_loss_at or nan_parameter_at:
     stock_train_step, stock_optimizer_step = FairseqTask.train_step, FairseqTask.optimizer_step
 
     def train_step(self, sample, model, criterion, optimizer, update_num, *args, **kwargs):
+        os.write(1, f"FORWARD {update_num + 1}\\n".encode())  # one write: ranks' lines do not interleave
         if update_num + 1 == nan_loss_at:
             real_criterion = criterion
 
@@ -206,6 +208,62 @@ def test_a_nan_loss_stops_the_run_in_one_line_and_keeps_the_checkpoints(three_up
     after = _snapshot(save_dir)
     assert {k: v for k, v in after.items() if k != "crash.pt"} == before
     assert _updates(save_dir / "crash.pt") == 3
+    assert _forwards(proc) == [4, 4]  # the update, then its rerun under the NanDetector
+
+
+def _forwards(proc):
+    return [int(line.split()[1]) for line in proc.output.splitlines() if line.startswith("FORWARD ")]
+
+
+def test_a_nan_read_an_update_late_stops_the_run_as_the_check_at_once_does(tiny_data, tmp_path):
+    # fused_adamw on torch's fused kernel: the host reads update 3's gradient norm while update 4 runs
+    # (deferred_check.py), with no logging step or checkpoint in between to read it sooner.
+    save_dir = tmp_path / "ckpt"
+    proc = run(_args(tiny_data, save_dir, 6, "--optimizer", "fused_adamw", "--log-interval", "100"),
+               env=emulation_env(0, None, NAN_LOSS_AT_UPDATE=3))
+    assert proc.returncode == 1
+    assert _one_line(proc) == (
+        f"gpt2-hpu: error: training stopped at update 3: gradients are Nan/Inf (FloatingPointError; Fairseq's "
+        f"NanDetector lines above name where); the last checkpoint is {save_dir / 'checkpoint_last.pt'} (update 2): "
+        f"relaunch to resume from it, e.g. with a lower --lr or with --clip-norm")
+    # Update 4 ran before the host read update 3's norm; then update 3 was replayed through Fairseq's step and
+    # rerun under its NanDetector.
+    assert _forwards(proc) == [1, 2, 3, 4, 3, 3]
+    assert sorted(os.listdir(save_dir)) == ["checkpoint_1_2.pt", "checkpoint_last.pt", "crash.pt"]
+    # crash.pt is the model before update 3, as Fairseq writes it: update 3's step was skipped on the device
+    # (parameters and Adam moments as after update 2) and taken back on the host (update and step counts).
+    last, crash = (torch.load(save_dir / name, map_location="cpu", weights_only=False)
+                   for name in ("checkpoint_last.pt", "crash.pt"))
+    assert _updates(save_dir / "crash.pt") == 2
+    for name, weight in last["model"].items():
+        assert torch.equal(crash["model"][name], weight), name
+    last_opt, crash_opt = last["last_optimizer_state"], crash["last_optimizer_state"]
+    assert [g["host_step"] for g in crash_opt["param_groups"]] == [g["host_step"] for g in last_opt["param_groups"]]
+    assert [g["host_step"] for g in crash_opt["param_groups"]] == [2]
+    for key, state in last_opt["state"].items():
+        for field, value in state.items():
+            assert torch.equal(crash_opt["state"][key][field], value), (key, field)
+
+
+def test_two_ranks_stop_together_on_a_nan_first_read_at_a_checkpoint(tiny_data, tmp_path):
+    # Update 3's norm is first read where Fairseq consolidates the optimizer for the checkpoint of update 3 (no
+    # logging step, no validation): every rank reads it there, and all replay update 3 together (ZeRO's
+    # consolidation, DDP's backward), where a read on the saving rank alone would leave the others waiting.
+    script = tmp_path / "launch.py"
+    script.write_text(LAUNCHER.replace('sys.argv[0] = "fairseq-train"\nfairseq_cli.train.cli_main()',
+                                       'if __name__ == "__main__":  # not again in the spawned ranks\n'
+                                       '    sys.argv[0] = "fairseq-train"\n    fairseq_cli.train.cli_main()'))
+    save_dir = tmp_path / "ckpt"
+    args = _args(tiny_data, save_dir, 6, "--optimizer", "fused_adamw", "--log-interval", "100",
+                 "--distributed-world-size", "2", "--ddp-backend", "c10d", "--zero-sharding", "os")
+    args[args.index("--save-interval-updates") + 1] = "3"
+    proc = run([sys.executable, script, *args[3:]], env=emulation_env(0, None, NAN_LOSS_AT_UPDATE=3), timeout=300)
+    assert proc.returncode == 1, proc.output[-3000:]
+    assert _one_line(proc) == (
+        "gpt2-hpu: error: training stopped at update 3: gradients are Nan/Inf (FloatingPointError; Fairseq's "
+        "NanDetector lines above name where); no checkpoint had been saved before it")
+    assert sorted(os.listdir(save_dir)) == ["crash.pt"] and _updates(save_dir / "crash.pt") == 2
+    assert sorted(_forwards(proc)) == sorted([1, 2, 3] * 2 + [3, 3] * 2)  # each rank: updates 1-3, then 3 twice
 
 
 def test_a_model_with_nan_parameters_is_never_saved(three_updates, tiny_data, tmp_path):

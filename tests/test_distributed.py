@@ -207,10 +207,19 @@ def test_seed_command_runs_on_two_emulated_hpus(tiny_data, tmp_path):
 
 
 def test_cpu_gloo_data_parallel_without_hpu(tiny_data, tmp_path):
+    # fused_adamw on torch's fused CPU kernel, sharded, with the finite-gradient check an update late
+    # (deferred_check.py): the log shows the update's real norm (Fairseq's own check gets a stand-in), and the
+    # checkpoint, saved after every rank has read the last norm, holds the host's step count.
     args = [tiny_data, "--user-dir", PACKAGE_DIR, "--cpu", *MODEL, "--distributed-world-size", "2",
-            "--max-update", "3", "--save-dir", tmp_path / "ckpt", "--ddp-backend", "c10d", "--zero-sharding", "os"]
+            "--max-update", "3", "--save-dir", tmp_path / "ckpt", "--ddp-backend", "c10d", "--zero-sharding", "os",
+            "--optimizer", "fused_adamw", "--clip-norm", "0.5", "--log-interval", "2"]
     out = fairseq_train(args, env=emulation_env(0, None)).output
-    assert len(log_records(out, "train_inner")) == 3 and len(_zero_shares(out)) == 2
+    records = log_records(out, "train_inner")
+    assert [int(r["num_updates"]) for r in records] == [2] and len(_zero_shares(out)) == 2
+    assert 0 < float(records[0]["gnorm"]) < float("inf")
+    saved = torch.load(tmp_path / "ckpt" / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    assert saved["optimizer_history"][-1]["num_updates"] == 3
+    assert [g["host_step"] for g in saved["last_optimizer_state"]["param_groups"]] == [3]
 
 
 def test_torchrun_launch(tiny_data, tmp_path):

@@ -114,6 +114,67 @@ def test_an_update_reads_the_device_at_most_once(mode, ranks, tiny_data, tmp_pat
         assert [decoder for _, decoder in per_update] == [0] * 6, per_update
 
 
+# On CPU with --optimizer fused_adamw (torch's fused kernel): which updates' gradient norms each update reads back
+# (every `.item()` or `bool(t)` is an aten._local_scalar_dense; None for a read of anything else).
+WHICH_NORMS_READ = """
+import json, sys
+from gpt2_hpu import adaptations
+import fairseq_cli.train
+adaptations.apply()
+import torch
+from gpt2_hpu import deferred_check
+from gpt2_hpu.trainer import PluginTrainer
+
+class Reads(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.storages = []
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.storages.append(args[0].untyped_storage().data_ptr())
+        return func(*args, **(kwargs or {}))
+
+norms = {}  # update -> its norm (kept alive, so no other tensor takes its memory)
+hold = deferred_check.DeferredCheck.hold
+def recorded_hold(self, update, norm, samples):
+    norms[update] = norm
+    return hold(self, update, norm, samples)
+deferred_check.DeferredCheck.hold = recorded_hold
+
+per_update = []
+train_step = PluginTrainer.train_step
+def counted_step(self, samples, raise_oom=False):
+    with Reads() as reads:
+        out = train_step(self, samples, raise_oom)
+    by_storage = {n.untyped_storage().data_ptr(): u for u, n in norms.items()}
+    per_update.append([by_storage.get(ptr) for ptr in reads.storages])
+    return out
+PluginTrainer.train_step = counted_step
+sys.argv[0] = "fairseq-train"
+fairseq_cli.train.cli_main()
+print("READS " + json.dumps(per_update))
+"""
+
+
+def test_the_finite_gradient_check_reads_the_norm_of_the_update_before(tiny_data, tmp_path):
+    script = tmp_path / "which_norms_read.py"
+    script.write_text(WHICH_NORMS_READ)
+    args = _plugin_args(tiny_data, tmp_path / "ckpt", "--max-update", "6", "--update-freq", "2", "--clip-norm",
+                        "1.0", "--no-save", "--log-interval", "4", "--speed-warmup-updates", "3",
+                        "--optimizer", "fused_adamw", "--fused-attention")
+    proc = run([sys.executable, script, *args], env=emulation_env(0, None))
+    assert proc.returncode == 0, proc.output[-3000:]
+    reads = json.loads(proc.output.split("READS ")[-1].splitlines()[0])
+    # Every other read here is of a host tensor: the padding check reads the batch before it moves, and
+    # Fairseq's own check reads the stand-in it is given. (The emulated HPU's test counts device reads.)
+    norms_read = [[update for update in update_reads if update is not None] for update_reads in reads]
+    # Update k reads update k-1's norm while its own micro-batches are queued (deferred_check.py). Update 3 ends
+    # the speed warm-up, update 4 is a logging step and update 6 the last: each reads its own norm at its end,
+    # before the speed reading.
+    assert norms_read == [[], [1], [2, 3], [4], [], [5, 6]], reads
+    assert "gnorm" in log_records(proc.output, "train_inner")[0]
+
+
 def test_clipping_equals_fairseqs():
     from fairseq import utils
 

@@ -482,6 +482,60 @@ def test_fused_adamw_under_zero_sharding(process_group):
     assert sharded.optim.param_groups[0]["host_step"] == 5
 
 
+@pytest.mark.parametrize("sharded", [False, True], ids=["plain", "zero"])
+def test_fused_adamw_skips_a_flagged_step_on_the_device_and_takes_back_its_count(sharded, request):
+    from fairseq.optim import build_optimizer
+
+    from gpt2_hpu.optim import zero
+    from gpt2_hpu.optim.fused_adamw import device_skip
+
+    def built(params):
+        optimizer = build_optimizer(kh.optimizer_cfg("fused_adamw", hpu=False), params)
+        if sharded:
+            zero.shard(optimizer, request.getfixturevalue("process_group"))
+        return optimizer
+
+    start = _params()
+    grads = kh.gradients(start, 4)
+    reference_params = kh.copies(start)
+    reference = kh.run_steps(built(reference_params), reference_params, grads)
+
+    params = kh.copies(start)
+    optimizer = built(params)
+    skip = device_skip(optimizer)
+    local = optimizer.optimizer.optim if sharded else optimizer.optimizer
+    for step_grads in grads[:2]:
+        skip.skip_next_step_where(torch.zeros(()))  # a finite norm: the step is taken as without a flag
+        kh.run_steps(optimizer, params, [step_grads])
+    before = [p.detach().clone() for p in params]
+    state = copy.deepcopy(local.state_dict()["state"])
+    skip.skip_next_step_where(torch.ones(()))
+    kh.run_steps(optimizer, params, [[torch.full_like(p, float("nan")) for p in params]])
+    assert all(torch.equal(a, b) for a, b in zip(params, before))
+    for key, tensors in local.state_dict()["state"].items():
+        assert all(torch.equal(value, state[key][name]) for name, value in tensors.items()), key
+    assert [g["host_step"] for g in optimizer.param_groups] == [3]
+    skip.uncount_last_step()
+    assert [g["host_step"] for g in optimizer.param_groups] == [g["host_step"] for g in local.param_groups] == [2]
+    got = kh.run_steps(optimizer, params, grads[2:])  # unflagged again: the flag is for one step
+    assert [torch.equal(a, b) for a, b in zip(got, reference)] == [True] * len(got)
+
+
+def test_only_torchs_fused_adamw_can_skip_a_step_on_the_device():
+    from fairseq.optim import build_optimizer
+
+    from gpt2_hpu.optim.fused_adamw import FairseqRuleAdamW, device_skip
+
+    params = _params()
+    fused = build_optimizer(kh.optimizer_cfg("fused_adamw", hpu=False), params)
+    assert device_skip(fused) is not None
+    assert device_skip(build_optimizer(kh.optimizer_cfg("adam", fp16_adam_stats=False), kh.copies(params))) is None
+    fused.optimizer = FairseqRuleAdamW(params, foreach=True, **fused.optimizer_config)
+    assert device_skip(fused) is None
+    with pytest.raises(RuntimeError, match="only torch's fused AdamW kernels"):
+        fused.optimizer.skip_next_step_where(torch.ones(()))
+
+
 ADAM_FLAGS = "--adam-betas '(0.9, 0.95)' --adam-eps 1e-6 --weight-decay 0.1 --use-old-adam --lr 0.0006"
 
 

@@ -27,7 +27,7 @@ from omegaconf import II, OmegaConf
 from fairseq.dataclass import FairseqDataclass
 from fairseq.optim import FairseqOptimizer, register_optimizer
 
-__all__ = ["FusedAdamWConfig", "FairseqFusedAdamW", "FairseqRuleAdamW"]
+__all__ = ["FusedAdamWConfig", "FairseqFusedAdamW", "FairseqRuleAdamW", "device_skip"]
 
 HOST_STEP = "host_step"  # param-group key: the steps taken, counted on the host
 
@@ -78,6 +78,9 @@ class FairseqRuleAdamW(torch.optim.AdamW):
     dict without it (from a plain `AdamW`) sets it, once, from the per-parameter step. Counting per group
     assumes that a step either updates every parameter of a group or none, as in language-model training where
     every parameter gets a gradient.
+
+    On torch's fused kernels a step can also be skipped on the device (`skip_next_step_where`), as torch's
+    GradScaler skips one: the host does not need to know whether it was.
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, fused=None, foreach=None):
@@ -89,6 +92,7 @@ class FairseqRuleAdamW(torch.optim.AdamW):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **kernel)
         for group in self.param_groups:
             group.setdefault(HOST_STEP, 0)
+        self._last_counted = []  # the groups whose host step count the last step raised
 
     @property
     def supports_flat_params(self):
@@ -99,15 +103,35 @@ class FairseqRuleAdamW(torch.optim.AdamW):
         # Moments and update math would stay in fp16; Fairseq's own Adam keeps them in fp32.
         return False
 
+    @property
+    def can_skip_on_device(self):
+        return bool(self.param_groups) and all(group.get("fused") for group in self.param_groups)
+
+    def skip_next_step_where(self, flag):
+        """The next step leaves parameters, moments and step tensors as they are where `flag` (a float32 scalar
+        on the parameters' device) is 1. torch's fused kernels read it as `found_inf`, the attribute torch's
+        GradScaler sets; the other kernels cannot (`can_skip_on_device`)."""
+        if not self.can_skip_on_device:
+            raise RuntimeError("only torch's fused AdamW kernels can skip a step on the device")
+        self.found_inf = flag
+
+    def uncount_last_step(self):
+        """Takes back the host step count of the last step, for a step that the device skipped."""
+        for group in self._last_counted:
+            group[HOST_STEP] -= 1
+        self._last_counted = []
+
     @torch.no_grad()
     def step(self, closure=None):
         with torch.enable_grad():
             loss = closure() if closure is not None else None
         eps = [group["eps"] for group in self.param_groups]
+        self._last_counted = []
         try:
             for group in self.param_groups:
                 if any(p.grad is not None for p in group["params"]):
                     group[HOST_STEP] += 1
+                    self._last_counted.append(group)
                     beta2 = group["betas"][1]
                     group["eps"] = group["eps"] / math.sqrt(1.0 - beta2 ** group[HOST_STEP])
             super().step()
@@ -115,6 +139,7 @@ class FairseqRuleAdamW(torch.optim.AdamW):
             # Outside a step `eps` is Fairseq's: state dicts, checkpoint overrides and ZeRO see that value.
             for group, value in zip(self.param_groups, eps):
                 group["eps"] = value
+            self.__dict__.pop("found_inf", None)  # for one step only
         return loss
 
     def load_state_dict(self, state_dict):
@@ -170,6 +195,37 @@ class FairseqFusedAdamW(FairseqOptimizer):
                 if key in state:
                     state[key].div_(world_size)
                     dist.all_reduce(state[key], op=dist.ReduceOp.SUM)
+
+
+class _DeviceSkip:
+    """Where a FairseqFusedAdamW runs on torch's fused kernels: its next step skipped on the device where a flag
+    says so, and the host's step count taken back afterwards for a step that was."""
+
+    def __init__(self, local, shown_groups):
+        self._local = local
+        # ZeRO shows its own copies of the groups and copies the local ones' settings into them after each step.
+        self._shown_groups = shown_groups
+
+    def skip_next_step_where(self, flag):
+        self._local.skip_next_step_where(flag)
+
+    def uncount_last_step(self):
+        self._local.uncount_last_step()
+        for shown, local in zip(self._shown_groups, self._local.param_groups):
+            shown[HOST_STEP] = local[HOST_STEP]
+
+
+def device_skip(fairseq_optimizer):
+    """What skips `fairseq_optimizer`'s steps on the device, or None where it cannot: anything but
+    `--optimizer fused_adamw` on torch's fused kernels (Habana's FusedAdamW takes no such flag), ZeRO-sharded or
+    not."""
+    if not isinstance(fairseq_optimizer, FairseqFusedAdamW):
+        return None
+    torch_optimizer = fairseq_optimizer.optimizer
+    local = getattr(torch_optimizer, "optim", torch_optimizer)  # ZeRO keeps this rank's shard's optimizer there
+    if not isinstance(local, FairseqRuleAdamW) or not local.can_skip_on_device:
+        return None
+    return _DeviceSkip(local, torch_optimizer.param_groups if local is not torch_optimizer else [])
 
 
 def _config_flag(cfg, name):

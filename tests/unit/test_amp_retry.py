@@ -24,6 +24,7 @@ def test_an_amp_retry_counts_its_update_once(monkeypatch):
     monkeypatch.setattr(PluginTrainer, "_log_zero_shards_once", lambda self: None)
     trainer = PluginTrainer.__new__(PluginTrainer)  # only what train_step touches
     trainer._in_train_step = False
+    trainer._deferred = None  # --amp: Fairseq's finite-gradient check at once
     trainer._wrapped_model = torch.nn.Linear(2, 2)
     counted = []
     trainer.speed = types.SimpleNamespace(update=counted.append)

@@ -1,4 +1,5 @@
-"""A tiny Fairseq GPT and an optimizer stepper, shared by tests/test_fused_kernels.py and its emulated-HPU child."""
+"""A tiny Fairseq GPT, an optimizer stepper and a counter of host reads, shared by tests/test_fused_kernels.py, its
+emulated-HPU child and other tests."""
 from argparse import Namespace
 
 import torch
@@ -100,3 +101,17 @@ class RecordingSDPA:
         RecordingSDPA.calls.append((tuple(q.shape), attn_mask, dropout_p, is_causal))
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
                                                                 is_causal=is_causal, scale=scale)
+
+
+class HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records every read of a tensor's value back to the host (`aten._local_scalar_dense`: `.item()`,
+    `bool(t)`), by the storage read."""
+
+    def __init__(self):
+        super().__init__()
+        self.storages = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.storages.append(args[0].untyped_storage().data_ptr())
+        return func(*args, **(kwargs or {}))

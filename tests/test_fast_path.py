@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from helpers import BIN, BLOCK_PLUGIN, PACKAGE_DIR, TINY_MODEL, emulation_env, fairseq_train, log_records, run
+from helpers import BIN, BLOCK_PLUGIN, PACKAGE_DIR, REPO, TINY_MODEL, emulation_env, fairseq_train, log_records, run
 
 
 def _losses(output):
@@ -121,18 +121,10 @@ import json, sys
 from gpt2_hpu import adaptations
 import fairseq_cli.train
 adaptations.apply()
-import torch
 from gpt2_hpu import deferred_check
 from gpt2_hpu.trainer import PluginTrainer
-
-class Reads(torch.utils._python_dispatch.TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.storages = []
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.storages.append(args[0].untyped_storage().data_ptr())
-        return func(*args, **(kwargs or {}))
+sys.path.insert(0, TESTS)
+from kernel_helpers import HostReads
 
 norms = {}  # update -> its norm (kept alive, so no other tensor takes its memory)
 hold = deferred_check.DeferredCheck.hold
@@ -144,7 +136,7 @@ deferred_check.DeferredCheck.hold = recorded_hold
 per_update = []
 train_step = PluginTrainer.train_step
 def counted_step(self, samples, raise_oom=False):
-    with Reads() as reads:
+    with HostReads() as reads:
         out = train_step(self, samples, raise_oom)
     by_storage = {n.untyped_storage().data_ptr(): u for u, n in norms.items()}
     per_update.append([by_storage.get(ptr) for ptr in reads.storages])
@@ -158,7 +150,7 @@ print("READS " + json.dumps(per_update))
 
 def test_the_finite_gradient_check_reads_the_norm_of_the_update_before(tiny_data, tmp_path):
     script = tmp_path / "which_norms_read.py"
-    script.write_text(WHICH_NORMS_READ)
+    script.write_text(WHICH_NORMS_READ.replace("TESTS", repr(str(REPO / "tests"))))
     args = _plugin_args(tiny_data, tmp_path / "ckpt", "--max-update", "6", "--update-freq", "2", "--clip-norm",
                         "1.0", "--no-save", "--log-interval", "4", "--speed-warmup-updates", "3",
                         "--optimizer", "fused_adamw", "--fused-attention")

@@ -152,19 +152,6 @@ def test_generation_and_padded_batches_run_stock_attention():
             fused(toks)  # the plain case does reach the kernel
 
 
-class _DeviceReads(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts `aten._local_scalar_dense`: every read of a tensor's value back to the host (`.item()`, `bool(t)`)."""
-
-    def __init__(self):
-        super().__init__()
-        self.reads = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.reads += 1
-        return func(*args, **(kwargs or {}))
-
-
 def _lm_step(model, toks):
     """As Fairseq's language modeling trains: the next token is the target, pad where there is none (the target
     of every pad input is pad), and the loss ignores pad targets. Returns the logits, the gradients and how many
@@ -173,12 +160,12 @@ def _lm_step(model, toks):
     target = torch.cat([toks[:, 1:], torch.full_like(toks[:, :1], pad)], dim=1)
     target[toks.eq(pad)] = pad
     model.zero_grad(set_to_none=True)
-    with _DeviceReads() as counter:
+    with kh.HostReads() as counter:
         logits = model(toks)[0]
     lprobs = torch.log_softmax(logits, dim=-1)
     torch.nn.functional.nll_loss(lprobs.view(-1, lprobs.size(-1)), target.view(-1), ignore_index=pad,
                                  reduction="sum").backward()
-    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, counter.reads
+    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, len(counter.storages)
 
 
 def _padded_at_end(toks, pad):

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from kernel_helpers import HostReads
 
 from gpt2_hpu.deferred_check import DeferredCheck, NonFiniteUpdate
 
@@ -24,19 +25,6 @@ class _Skip:
         self.uncounted += 1
 
 
-class _Reads(torch.utils._python_dispatch.TorchDispatchMode):
-    """The storages of the tensors read back to the host (`aten._local_scalar_dense`)."""
-
-    def __init__(self):
-        super().__init__()
-        self.storages = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.storages.append(args[0].untyped_storage().data_ptr())
-        return func(*args, **(kwargs or {}))
-
-
 def _norms(*values):
     return [torch.tensor(v, dtype=torch.float32) for v in values]
 
@@ -51,16 +39,16 @@ def test_each_update_reads_the_norm_of_the_one_before_and_settle_reads_the_last(
     check = DeferredCheck(skip)
     reads = []
     for update, norm in enumerate(norms, start=1):
-        with _Reads() as r:
+        with HostReads() as r:
             stand_in = check.hold(update, norm, samples=[f"batch {update}"])
         reads.append(_which(r, norms))
         assert stand_in.device.type == "cpu" and float(stand_in) == 0.0  # Fairseq's own check reads no device
         assert check.norm is norm
-    with _Reads() as r:
+    with HostReads() as r:
         check.settle()
     assert reads + [_which(r, norms)] == [[], [1], [2], [3]]
     assert skip.flags == [0.0, 0.0, 0.0]
-    with _Reads() as r:
+    with HostReads() as r:
         check.settle()  # nothing left to read
     assert r.storages == []
 
@@ -79,7 +67,7 @@ def test_a_non_finite_norm_skips_its_step_and_is_named_while_the_next_update_run
     assert skip.flags == [0.0, 1.0]  # nothing asked of update 3's step: the run stops before it
     check.take_back()
     assert skip.uncounted == 1
-    with _Reads() as r:
+    with HostReads() as r:
         check.settle()
     assert r.storages == []  # update 2's norm, read once, is not left pending
 

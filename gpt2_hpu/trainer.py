@@ -218,8 +218,7 @@ class PluginTrainer(Trainer):
         self.set_num_updates(error.pending.update - 1)
         self._replaying = error
         try:
-            with module_walks.once_per_update(self.model):
-                super().train_step(error.pending.samples)
+            super().train_step(error.pending.samples)
         except FloatingPointError as e:
             raise checkpoints.training_stopped(e, error.pending.update, self.cfg.checkpoint.save_dir,
                                                self.checkpoint_suffix) from e

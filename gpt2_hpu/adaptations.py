@@ -36,6 +36,9 @@ Each entry is one small function; when Fairseq grows the hook it stands in for, 
    (also in `__main__` for `python -m fairseq_cli.train`) stops there with a checkpoint (preemption.py).
 10. command_line_checks: Fairseq's argparse refuses --bf16 with --fp16 itself, with a bare ValueError (its
     --bf16 implies --tpu), before call_main; wrapping parse_args_and_arch turns that into the checks' one line.
+11. settle_at_stop: fairseq_cli.train's loop ends when validate_and_save says stop (--stop-time-hours, a signal),
+    without a call the trainer could read; a gradient norm the trainer reads an update late (deferred_check.py)
+    would be left unread under --no-save, so the same rebinding asks the trainer to read it before the loop ends.
 
 Not here, because they change one model object rather than Fairseq: the fast path's changes, made by the trainer
 on its own model when their options are on. fast_path.prepare_model and compile_loss set the model's `forward`
@@ -222,6 +225,24 @@ def stop_on_signal():
         module.validate_and_save = preemption.stopping(module.validate_and_save)
 
 
+def settle_at_stop():
+    import fairseq_cli.train
+
+    for module in _and_main_copy(fairseq_cli.train):
+        module.validate_and_save = _settling(module.validate_and_save)
+
+
+def _settling(validate_and_save):
+    @functools.wraps(validate_and_save)
+    def settled(cfg, trainer, *args, **kwargs):
+        valid_losses, should_stop = validate_and_save(cfg, trainer, *args, **kwargs)
+        if should_stop:
+            trainer.settle()  # Fairseq's stop is the same on every rank, so all replay a non-finite update together
+        return valid_losses, should_stop
+
+    return settled
+
+
 def command_line_checks():
     import fairseq.options as options
 
@@ -254,4 +275,5 @@ ADAPTATIONS = [
     ("safe_checkpoints", safe_checkpoints),
     ("stop_on_signal", stop_on_signal),
     ("command_line_checks", command_line_checks),
+    ("settle_at_stop", settle_at_stop),
 ]

@@ -201,7 +201,7 @@ class PluginTrainer(Trainer):
                 self._deferred = deferred_check.DeferredCheck(skip)
         return self._deferred
 
-    def _settle(self):
+    def settle(self):
         """Reads the gradient norm not read yet, now; stops the run if it was not finite."""
         if self._deferred is None:
             return
@@ -269,7 +269,7 @@ class PluginTrainer(Trainer):
         self._log_zero_shards_once()
         if logging_output is not None:
             if self._deferred is not None and self._speed_is_read():
-                self._settle()
+                self.settle()
             # Where the speed is read, the host has waited for this update's backward (Fairseq's finite-gradient
             # check, or the deferred one settled above), so its clock lags the device by at most one optimizer
             # step; between those updates a deferred check lets the host run up to an update ahead.
@@ -285,11 +285,11 @@ class PluginTrainer(Trainer):
                 or (max_update > 0 and n >= max_update))
 
     def lr_step(self, epoch, val_loss=None):
-        self._settle()  # an epoch ends
+        self.settle()  # an epoch ends
         return super().lr_step(epoch, val_loss)
 
     def valid_step(self, sample, raise_oom=False):
-        self._settle()
+        self.settle()
         with self.speed.paused():
             logging_output = super().valid_step(sample, raise_oom)
         if self._compile_watch is not None:
@@ -299,7 +299,7 @@ class PluginTrainer(Trainer):
     def consolidate_optimizer(self):
         # Fairseq calls this on every rank before a checkpoint (save_checkpoint itself runs on the saving rank
         # only): where all ranks can replay an update together.
-        self._settle()
+        self.settle()
         super().consolidate_optimizer()
 
     def save_checkpoint(self, filename, extra_state):

@@ -266,6 +266,20 @@ def test_two_ranks_stop_together_on_a_nan_first_read_at_a_checkpoint(tiny_data, 
     assert sorted(_forwards(proc)) == sorted([1, 2, 3] * 2 + [3, 3] * 2)  # each rank: updates 1-3, then 3 twice
 
 
+def test_a_nan_in_the_update_a_timed_stop_ends_on_is_read_before_the_run_ends(tiny_data, tmp_path):
+    # --stop-time-hours ends the run after update 1, with no validation, no checkpoint and no logging step to read
+    # update 1's norm: it is read as Fairseq's loop stops, and the run ends in the one line, not "done training".
+    save_dir = tmp_path / "ckpt"
+    proc = run(_args(tiny_data, save_dir, 6, "--optimizer", "fused_adamw", "--log-interval", "100", "--no-save",
+                     "--stop-time-hours", "1e-9"),
+               env=emulation_env(0, None, NAN_LOSS_AT_UPDATE=1))
+    assert proc.returncode == 1, proc.output[-3000:]
+    assert _one_line(proc) == (
+        "gpt2-hpu: error: training stopped at update 1: gradients are Nan/Inf (FloatingPointError; Fairseq's "
+        "NanDetector lines above name where); no checkpoint had been saved before it")
+    assert _forwards(proc) == [1, 1, 1]  # update 1, its replay through Fairseq's step, and the NanDetector's rerun
+
+
 def test_a_model_with_nan_parameters_is_never_saved(three_updates, tiny_data, tmp_path):
     save_dir, before, proc = _train_on_with_a_nan(three_updates, tiny_data, tmp_path, NAN_PARAMETER_AT_UPDATE=4)
     assert _one_line(proc) == (

@@ -35,7 +35,7 @@ from fairseq.distributed import utils as distributed_utils
 from fairseq.trainer import Trainer
 
 from gpt2_hpu import checkpoints, deferred_check, fast_path, module_walks, padding, preemption, stats
-from gpt2_hpu.optim import fused_adamw, zero
+from gpt2_hpu.optim import fused_adamw
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class PluginTrainer(Trainer):
     def __init__(self, cfg, task, model, criterion, quantizer=None):
         # Every training process builds one trainer, before Fairseq forks its data loader workers.
         preemption.install()
-        self._zero_logged = False
+        self._zero_to_log = False  # set where the optimizer is sharded, and logged after the first update
         self._in_train_step = False
         self._update_samples = None  # the batches of the update in train_step
         self._deferred = None  # deferred_check.DeferredCheck, where the optimizer allows it (chosen at first clip)
@@ -153,18 +153,24 @@ class PluginTrainer(Trainer):
             with open_dict(dt):
                 dt.zero_sharding = "os"
         if self.data_parallel_world_size > 1:
+            # Imported here: torch.distributed.optim takes about a second to import, in every process.
+            from gpt2_hpu.optim import zero
+
             zero.shard(self._optimizer, self.data_parallel_process_group,
                        parameters_as_bucket_view=getattr(common, "zero_bucket_view", False))
             self._lr_scheduler.step_update(self.get_num_updates())  # set the lr on the sharded groups
+            self._zero_to_log = True
         else:
             logger.info("--zero-sharding os: one data-parallel rank, nothing to shard")
 
     def _log_zero_shards_once(self):
         """After the first update (Adam's state exists by then): how much optimizer state each rank holds."""
-        sharded = getattr(self._optimizer, "optimizer", None)
-        if self._zero_logged or not isinstance(sharded, zero.FairseqZeroOptimizer):
+        if not self._zero_to_log:
             return
-        self._zero_logged = True
+        self._zero_to_log = False
+        from gpt2_hpu.optim import zero
+
+        sharded = self._optimizer.optimizer
         # An int32 tensor collective, not all_gather_object, whose int64 lengths hccl has not always supported.
         mine = torch.tensor(zero.to_int32_pair(sharded.local_state_numel()), dtype=torch.int32, device=self.device)
         gathered = [torch.empty_like(mine) for _ in range(self.data_parallel_world_size)]

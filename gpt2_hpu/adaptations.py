@@ -39,6 +39,7 @@ Each entry is one small function; when Fairseq grows the hook it stands in for, 
 11. settle_at_stop: fairseq_cli.train's loop ends when validate_and_save says stop (--stop-time-hours, a signal),
     without a call the trainer could read; a gradient norm the trainer reads an update late (deferred_check.py)
     would be left unread under --no-save, so the same rebinding asks the trainer to read it before the loop ends.
+    It comes after stop_on_signal, so that it wraps the signal's stop too.
 
 Not here, because they change one model object rather than Fairseq: the fast path's changes, made by the trainer
 on its own model when their options are on. fast_path.prepare_model and compile_loss set the model's `forward`

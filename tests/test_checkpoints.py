@@ -271,13 +271,15 @@ def test_a_nan_in_the_update_a_timed_stop_ends_on_is_read_before_the_run_ends(ti
     # update 1's norm: it is read as Fairseq's loop stops, and the run ends in the one line, not "done training".
     save_dir = tmp_path / "ckpt"
     proc = run(_args(tiny_data, save_dir, 6, "--optimizer", "fused_adamw", "--log-interval", "100", "--no-save",
-                     "--stop-time-hours", "1e-9"),
+                     "--disable-validation", "--stop-time-hours", "1e-9"),
                env=emulation_env(0, None, NAN_LOSS_AT_UPDATE=1))
     assert proc.returncode == 1, proc.output[-3000:]
     assert _one_line(proc) == (
         "gpt2-hpu: error: training stopped at update 1: gradients are Nan/Inf (FloatingPointError; Fairseq's "
         "NanDetector lines above name where); no checkpoint had been saved before it")
     assert _forwards(proc) == [1, 1, 1]  # update 1, its replay through Fairseq's step, and the NanDetector's rerun
+    # Fairseq's crash.pt (written even with --no-save) holds the model before update 1: the update was taken back.
+    assert sorted(os.listdir(save_dir)) == ["crash.pt"] and _updates(save_dir / "crash.pt") == 0
 
 
 def test_a_model_with_nan_parameters_is_never_saved(three_updates, tiny_data, tmp_path):

@@ -1,5 +1,12 @@
 """Fixtures: a tiny real-text Fairseq dataset (the helpers the tests share are in helpers.py)."""
+import os
+
 import pytest
+
+# Two test workers (pyproject.toml) each run training processes, often several ranks at once. With torch's
+# default of one OpenMP thread per core, those threads outnumber the cores and spin waiting for each other: a
+# 40-update run took 69 s instead of 14. The children inherit this setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 # Fairseq and torch are imported in the fixtures only: collecting the fast layer (tests/unit) must not load them.

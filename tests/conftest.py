@@ -1,4 +1,5 @@
-"""Fixtures: a tiny real-text Fairseq dataset (the helpers the tests share are in helpers.py)."""
+"""Fixtures: a tiny real-text Fairseq dataset; and one OpenMP thread for every process the tests start (the
+helpers the tests share are in helpers.py)."""
 import os
 
 import pytest

@@ -23,6 +23,10 @@ MFU divides the model's training FLOPs per token (6N + 12·L·d·T, `gpt2_hpu.th
 model built in this process on the meta device) times tokens/s by the device's dense bf16 peak (none on CPU).
 Peak memory: `torch.cuda.max_memory_allocated()` in the child on CUDA, the child's maximum RSS on CPU.
 
+The `reference` configuration is not Fairseq: `reference_gpt2.py` trains the same model on the same batches in a
+bare PyTorch loop with the fast path's kernels, stamping its own log lines the same way. On CUDA it runs in the
+same list, and `fast_over_reference=` says what share of its tokens/s the fast path reaches.
+
     python benchmarks/train_throughput.py --device cpu --preset tiny
     python benchmarks/train_throughput.py --device cpu --preset host   # what an update costs the host
     python benchmarks/train_throughput.py --device cuda --preset seed --out results.json --log-dir logs
@@ -59,6 +63,9 @@ if REPO not in sys.path:
 # Imported before Fairseq: importing gpt2_hpu with Fairseq loaded would adapt this process's Fairseq.
 from gpt2_hpu.throughput import Throughput, fairseq_lm_flops_per_token, peak_bf16_flops  # noqa: E402
 
+REFERENCE = "reference"
+REFERENCE_SCRIPT = os.path.join(REPO, "benchmarks", "reference_gpt2.py")
+
 # What the plugin's fast configuration adds; `--fast-flags` overrides it for one run.
 FAST_PATH_FLAGS = ["--fast-path"]
 
@@ -74,9 +81,14 @@ CONFIGS = {
     "plugin-fast-eager": (True, ["--bf16", "--fused-attention", "--optimizer", "fused_adamw"]),
     # the fast path with its compiled graphs replayed as CUDA graphs (CUDA only): what host launches cost
     "plugin-fast-graphs": (True, ["{fast}", "--compile-mode", "reduce-overhead"]),
+    # not Fairseq: the same model and batches in a bare PyTorch loop with the fast path's kernels
+    # (reference_gpt2.py, which reads the preset's Fairseq arguments): those kernels without a framework
+    REFERENCE: (False, []),
+    # the same without dropout, as the plain-PyTorch figure the fast path's goal was set against
+    REFERENCE + "-nodrop": (False, ["--dropout", "0", "--attention-dropout", "0"]),
 }
 DEVICE_CONFIGS = {
-    "cuda": ["stock-fp16", "plugin-fast", "plugin-fast-graphs", "plugin-fast-eager", "stock-fp16-ckpt"],
+    "cuda": ["stock-fp16", "plugin-fast", "plugin-fast-graphs", "plugin-fast-eager", REFERENCE],
     "cpu": ["stock-fp32", "plugin-fp32", "plugin-fast"],
 }
 BASELINE = {"cuda": "stock-fp16", "cpu": "stock-fp32"}
@@ -257,12 +269,20 @@ def measure(marks, warmup, flops_per_token=None, peak_flops=None):
     return summary
 
 
+def command(config, args):
+    """The child's command line, and the command as a person would type it from the repository root (the
+    Fairseq wrapper only adds measurements)."""
+    if config.startswith(REFERENCE):
+        cmd = [sys.executable, REFERENCE_SCRIPT] + fairseq_args(config, args)
+        return cmd, ["python", os.path.relpath(REFERENCE_SCRIPT, REPO)] + cmd[2:]
+    cmd = [sys.executable, "-c", CHILD] + fairseq_args(config, args)
+    return cmd, ["python", "-m", "fairseq_cli.train"] + [os.path.relpath(a, REPO) if a == PLUGIN_DIR else a
+                                                         for a in cmd[3:]]
+
+
 def run_config(config, args, log_path, flops_per_token):
     """Train one configuration in a child process; its numbers, or its failure and last log lines."""
-    cmd = [sys.executable, "-c", CHILD] + fairseq_args(config, args)
-    # The command as a person would type it from the repository root (the wrapper only adds measurements).
-    shown = ["python", "-m", "fairseq_cli.train"] + [os.path.relpath(a, REPO) if a == PLUGIN_DIR else a
-                                                     for a in cmd[3:]]
+    cmd, shown = command(config, args)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     record = {"command": " ".join(shlex.quote(a) for a in shown), "log": os.path.basename(log_path), "ok": False}
     began = time.perf_counter()
@@ -337,6 +357,10 @@ def summarize(args, records, flops_per_token):
         baseline=BASELINE[args.device], speedup=round(fast / base, 3) if base and fast else None,
         over_baseline={name: round(rate(name) / base, 3) for name in records if base and rate(name)},
     )
+    reference = rate(REFERENCE)
+    if reference and fast:
+        # What the fast path reaches of the same model's bare loop, in the same run.
+        doc["fast_over_reference"] = round(fast / reference, 3)
     if args.device == "cpu":
         plugin = rate("plugin-fp32")
         doc["overhead"] = round(1 - plugin / base, 4) if base and plugin else None
@@ -371,6 +395,8 @@ def report_lines(doc):
             r["median_update_s"], r["process_s"], r["last_loss"]))
     lines.append("device=%s" % doc["device"])
     lines.append("speedup=%s" % ("%.3f" % doc["speedup"] if doc["speedup"] is not None else "n/a"))
+    if "fast_over_reference" in doc:
+        lines.append("fast_over_reference=%.3f" % doc["fast_over_reference"])
     for key in ("overhead", "overhead_cpu_time", "overhead_median_of_rounds"):
         if key in doc:
             lines.append("%s=%s" % (key, "%+.1f%%" % (100 * doc[key]) if doc[key] is not None else "n/a"))

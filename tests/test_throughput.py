@@ -9,7 +9,7 @@ import torch
 
 from gpt2_hpu.throughput import Throughput, fairseq_lm_flops_per_token, flops_per_token, peak_bf16_flops
 
-from helpers import REPO
+from helpers import REPO, run
 
 
 def _load_benchmark():
@@ -174,11 +174,14 @@ def test_negative_warmup_is_refused():
 def test_configurations_per_device_and_their_commands(tmp_path):
     cuda = bench.parse_args(["--device", "cuda", "--preset", "seed"])
     assert cuda.configs == ["stock-fp16", "plugin-fast", "plugin-fast-graphs", "plugin-fast-eager",
-                            "stock-fp16-ckpt"] and cuda.rounds == 1
+                            "reference"] and cuda.rounds == 1
     graphs = bench.fairseq_args("plugin-fast-graphs", cuda)
     assert graphs[graphs.index("--fast-path") + 1:graphs.index("--fast-path") + 3] == ["--compile-mode",
                                                                                         "reduce-overhead"]
     assert (cuda.updates, cuda.warmup, cuda.fast_flags) == (40, 10, ["--fast-path"])
+    ref_cmd, ref_shown = bench.command("reference-nodrop", cuda)
+    assert ref_cmd[1] == bench.REFERENCE_SCRIPT and ref_shown[:2] == ["python", "benchmarks/reference_gpt2.py"]
+    assert ref_cmd[-4:] == ["--dropout", "0", "--attention-dropout", "0"] and "--user-dir" not in ref_cmd
     stock = bench.fairseq_args("stock-fp16-ckpt", cuda)
     fast = bench.fairseq_args("plugin-fast", cuda)
     assert "--user-dir" not in stock and {"--fp16", "--checkpoint-activations"} <= set(stock)
@@ -288,3 +291,121 @@ def test_a_failed_configuration_is_recorded_and_the_exit_status_says_so(monkeypa
     printed = capsys.readouterr().out
     assert "plugin-fast FAILED (exit status 1)" in printed and "| Traceback ..." in printed
     assert "speedup=n/a" in printed
+
+
+def test_the_fast_path_is_shown_as_a_share_of_the_reference(monkeypatch, tmp_path, capsys):
+    rates = {"stock-fp16": 1000.0, "plugin-fast": 1500.0, "reference": 2000.0}
+    monkeypatch.setattr(bench, "run_config", lambda config, args, log_path, fpt: _fake_record(rates[config]))
+    monkeypatch.setattr(bench, "model_flops_per_token", lambda args: 8.55e8)
+    out = tmp_path / "cuda.json"
+    assert bench.main(["--device", "cuda", "--preset", "seed", "--configs", "stock-fp16,plugin-fast,reference",
+                       "--out", str(out), "--log-dir", str(tmp_path)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["speedup"] == 1.5 and doc["fast_over_reference"] == 0.75 and doc["over_baseline"]["reference"] == 2.0
+    assert "fast_over_reference=0.750" in capsys.readouterr().out.splitlines()
+
+
+# --- the plain-PyTorch reference ------------------------------------------------------------------------
+
+def _load_reference():
+    spec = importlib.util.spec_from_file_location("reference_gpt2", REPO / "benchmarks" / "reference_gpt2.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_reference_computes_fairseqs_loss_with_fairseqs_parameters():
+    # The reference bounds what the fast path could reach only if it is the same model: Fairseq's
+    # transformer_lm_gpt at the host preset's widths, its parameters loaded, gives the same summed loss and
+    # the same gradients (fp32, dropout off).
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    ref = _load_reference()
+    argv = bench.fairseq_args("reference", bench.parse_args(["--device", "cpu", "--preset", "host"]))
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
+    task = tasks.setup_task(cfg.task)
+    torch.manual_seed(0)
+    fairseq_model = task.build_model(cfg.model).eval()
+    a = ref.parse_args(argv)
+    assert ref.vocabulary_size(a.dict_size) == len(task.source_dictionary)
+    model = ref.GPT(ref.vocabulary_size(a.dict_size), a.decoder_layers, a.decoder_embed_dim,
+                    a.decoder_ffn_embed_dim, a.decoder_attention_heads, a.tokens_per_sample, a.dropout,
+                    a.attention_dropout).eval()
+    ref.load_fairseq_decoder(model, fairseq_model.state_dict())
+    assert len(model.blocks) == 12 and sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for p in fairseq_model.parameters())
+
+    seq = torch.cat([task.dummy_src, task.dummy_tgt[-1:]]).expand(2, -1)
+    tokens, target = seq[:, :-1], seq[:, 1:]
+    logits, _ = fairseq_model(tokens)
+    theirs = -torch.log_softmax(logits.float(), -1).gather(-1, target.unsqueeze(-1)).sum()
+    ours = model(tokens, target)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+    theirs.backward()
+    ours.backward()
+    assert torch.allclose(model.tokens.weight.grad, fairseq_model.decoder.embed_tokens.weight.grad, atol=1e-5)
+    assert torch.allclose(model.blocks[5].qkv.weight.grad[-a.decoder_embed_dim:],
+                          fairseq_model.decoder.layers[5].self_attn.v_proj.weight.grad, atol=1e-5)
+
+
+def test_the_reference_trains_and_reports_like_a_fairseq_child():
+    # Uncompiled, at the tiny preset, for 3 updates: its log lines and result line are what run_config reads.
+    args = bench.parse_args(["--device", "cpu", "--preset", "tiny", "--updates", "3", "--warmup", "1"])
+    cmd, shown = bench.command("reference", args)
+    assert shown[:2] == ["python", "benchmarks/reference_gpt2.py"] and "--cpu" in cmd
+    proc = run(cmd + ["--no-compile"], timeout=120)
+    assert proc.returncode == 0, proc.output[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(bench.RESULT_TAG))
+    child = json.loads(line[len(bench.RESULT_TAG):])
+    assert child["plugin_loaded"] is False and child["compiled"] is False and child["peak_mem_bytes"] > 0
+    tokens = 8 * 64 * 2  # the tiny preset: batch 8 x 64 tokens, update-freq 2
+    assert [m[1] for m in child["marks"]] == [1, 2, 3] and {m[2] for m in child["marks"]} == {tokens}
+    assert all(8 < m[4] < 16 for m in child["marks"])  # base-2 loss near log2(4,096 words) at the start
+    summary = bench.measure(child["marks"], warmup=1)
+    assert summary["counted_updates"] == 2 and summary["tokens_per_s"] > 0
+
+
+# --- the profile's device timeline -------------------------------------------------------------------------
+
+def _load_profile_script():
+    saved = dict(os.environ)  # it sets CUPTI's variables for its own process at import
+    try:
+        spec = importlib.util.spec_from_file_location("profile_fast_path",
+                                                      REPO / "benchmarks" / "profile_fast_path.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return module
+
+
+class _Event:
+    def __init__(self, name, start, end, device="CPU", annotation=False, thread=1):
+        self.name, self.thread, self.is_user_annotation = name, thread, annotation
+        self.time_range = type("Interval", (), {"start": start, "end": end})()
+        self.device_type = "DeviceType." + device
+
+
+def test_the_device_timeline_finds_idle_gaps_and_what_the_host_was_doing():
+    profile = _load_profile_script()
+    events = [
+        _Event("train_step-13", 0, 1000, annotation=True), _Event("forward", 0, 300, annotation=True),
+        _Event("backward", 300, 700, annotation=True), _Event("optimizer", 800, 900, annotation=True),
+        _Event("forward", 0, 1000, annotation=True, thread=2),  # another thread's range: not the update's
+        _Event("aten::mm", 10, 20),  # host ops are not device time
+        _Event("forward", 50, 350, device="CUDA"),  # a range's device-side copy, unflagged
+        _Event("train_step-13", 40, 990, device="CUDA", annotation=True),
+        _Event("mm_kernel", 100, 200, device="CUDA"), _Event("gelu", 150, 250, device="CUDA"),  # overlap
+        _Event("bwd_kernel", 400, 600, device="CUDA"),  # idle 250-400, midpoint 325: backward
+        _Event("adam", 850, 870, device="CUDA"),  # idle 600-850, midpoint 725: train_step-13 alone
+    ]
+    timeline = profile.device_timeline(events)
+    assert timeline["busy_us"] == 150 + 200 + 20 and (timeline["first"], timeline["last"]) == (100, 870)
+    assert timeline["gaps"] == [(250, 400, "bwd_kernel", "backward"), (600, 850, "adam", "train_step-13")]
+    report = profile.timeline_report(timeline, wall_s=0.001)
+    assert report[0].startswith("device timeline: busy 0.000 s of 0.001 s wall (37%)") and "in 2 gaps" in report[0]
+    assert any(line.split()[:3] == ["train_step-13", "0.25", "ms"] for line in report)
+    assert profile.timeline_report(profile.device_timeline(events[:6]), 1.0) == [
+        "device timeline: no device events (a CPU run)"]

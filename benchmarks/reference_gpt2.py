@@ -30,7 +30,6 @@ import ast
 import json
 import math
 import platform
-import resource
 import sys
 import time
 
@@ -146,18 +145,6 @@ def load_fairseq_decoder(model, state):
     model.load_state_dict(ours)
 
 
-def device_facts(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(), torch.cuda.max_memory_allocated(), "cuda max_memory_allocated"
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return name, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "host max RSS"
-
-
 def main(argv=None):
     args = parse_args(argv)
     torch.manual_seed(args.seed)
@@ -201,7 +188,9 @@ def main(argv=None):
             print(json.dumps({"num_updates": update, "wpb": tokens_per_update, "loss": round(loss_bits, 3)}),
                   flush=True)
 
-    name, peak, kind = device_facts(device)
+    from device_facts import device_facts  # beside this script, on the path when it runs as one
+
+    name, peak, kind = device_facts(device.type == "cuda")
     print(RESULT_TAG + json.dumps({
         "marks": marks, "overflows": 0, "plugin_loaded": False, "torch": torch.__version__, "fairseq": None,
         "python": platform.python_version(), "device_name": name, "peak_mem_bytes": peak, "peak_mem_kind": kind,

@@ -123,9 +123,10 @@ PRESETS = {
 RESULT_TAG = "TRAIN_THROUGHPUT_RESULT "
 
 # Runs fairseq_cli.train unchanged, stamping each train_inner log line, then reports peak memory and versions.
-CHILD = r"""
-import json, logging, resource, sys, time
+CHILD = "import sys\nsys.path.insert(0, %r)\n" % os.path.dirname(os.path.abspath(__file__)) + r"""
+import json, logging, time
 import fairseq_cli.train as train  # sets up Fairseq's logging first
+from device_facts import device_facts
 
 marks, overflows = [], [0]
 
@@ -145,18 +146,8 @@ out = {"marks": [], "overflows": overflows[0], "plugin_loaded": "gpt2_hpu" in sy
 for t, cpu_t, message in marks:
     stats = json.loads(message)
     out["marks"].append([t, int(float(stats["num_updates"])), float(stats["wpb"]), cpu_t, float(stats["loss"])])
-if "--cpu" in sys.argv or not torch.cuda.is_available():
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    out.update(device_name=name, peak_mem_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-               peak_mem_kind="host max RSS")
-else:
-    out.update(device_name=torch.cuda.get_device_name(), peak_mem_bytes=torch.cuda.max_memory_allocated(),
-               peak_mem_kind="cuda max_memory_allocated")
+name, peak, kind = device_facts("--cpu" not in sys.argv and torch.cuda.is_available())
+out.update(device_name=name, peak_mem_bytes=peak, peak_mem_kind=kind)
 print("TRAIN_THROUGHPUT_RESULT " + json.dumps(out), flush=True)
 """
 

@@ -133,13 +133,24 @@ def recorded_hold(self, update, norm, samples):
     return hold(self, update, norm, samples)
 deferred_check.DeferredCheck.hold = recorded_hold
 
+# Each read named by the update whose norm it reads, among the norms that exist at that moment: memory freed
+# earlier in an update may hold that update's own norm by its end.
+class NormReads(HostReads):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = super().__torch_dispatch__(func, types, args, kwargs)
+        if len(self.storages) > len(self.updates):
+            by_storage = {n.untyped_storage().data_ptr(): u for u, n in norms.items()}
+            self.updates.append(by_storage.get(self.storages[-1]))
+        return out
+
 per_update = []
 train_step = PluginTrainer.train_step
 def counted_step(self, samples, raise_oom=False):
-    with HostReads() as reads:
+    reads = NormReads()
+    reads.updates = []
+    with reads:
         out = train_step(self, samples, raise_oom)
-    by_storage = {n.untyped_storage().data_ptr(): u for u, n in norms.items()}
-    per_update.append([by_storage.get(ptr) for ptr in reads.storages])
+    per_update.append(reads.updates)
     return out
 PluginTrainer.train_step = counted_step
 sys.argv[0] = "fairseq-train"

@@ -21,14 +21,15 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 export PYTHONPATH=$PWD/.gpu:/tmp/site:$PWD
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv | tee "$out/nvidia-smi.csv" || true
+day=$(date +%F)
 status=0
 python3 benchmarks/train_throughput.py --device cuda --preset seed --config-timeout 110 \
-    --out "$out/cuda-$(date +%F).json" --log-dir "$out/logs" "$@" 2>&1 | tee "$out/train_throughput.log" || status=$?
+    --out "$out/cuda-$day.json" --log-dir "$out/logs" "$@" 2>&1 | tee "$out/train_throughput.log" || status=$?
 left=$((590 - SECONDS))
 if [ "$left" -ge 150 ]; then
   timeout "$left" python3 benchmarks/profile_fast_path.py --device cuda --preset seed \
-      > "$out/cuda-$(date +%F)-profile.txt" 2>&1 || echo "profile: exit status $?" | tee -a "$out/cuda-$(date +%F)-profile.txt"
-  grep -A12 "^device timeline" "$out/cuda-$(date +%F)-profile.txt" || true
+      > "$out/cuda-$day-profile.txt" 2>&1 || echo "profile: exit status $?" | tee -a "$out/cuda-$day-profile.txt"
+  grep -A12 "^device timeline" "$out/cuda-$day-profile.txt" || true
 else
   echo "profile: skipped, ${left}s left"
 fi

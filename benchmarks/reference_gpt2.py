@@ -130,6 +130,13 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), reduction="sum")
 
 
+def build_model(args):
+    """The GPT of this command line's sizes, on the CPU."""
+    return GPT(vocabulary_size(args.dict_size), args.decoder_layers, args.decoder_embed_dim,
+               args.decoder_ffn_embed_dim, args.decoder_attention_heads, args.tokens_per_sample, args.dropout,
+               args.attention_dropout)
+
+
 def load_fairseq_decoder(model, state):
     """Copies a Fairseq transformer_lm state dict (`decoder.` keys, separate q/k/v projections) into `model`."""
     ours = {"tokens.weight": state["decoder.embed_tokens.weight"]}
@@ -150,9 +157,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
     bf16 = device.type == "cuda"
-    model = GPT(vocabulary_size(args.dict_size), args.decoder_layers, args.decoder_embed_dim,
-                args.decoder_ffn_embed_dim, args.decoder_attention_heads, args.tokens_per_sample, args.dropout,
-                args.attention_dropout).to(device).train()
+    model = build_model(args).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.warmup_init_lr, betas=tuple(args.adam_betas),
                                   eps=args.adam_eps, weight_decay=args.weight_decay,
                                   **({"fused": True} if device.type == "cuda" else {"foreach": True}))

@@ -136,6 +136,10 @@ deferred_check.DeferredCheck.hold = recorded_hold
 # Each read named by the update whose norm it reads, among the norms that exist at that moment: memory freed
 # earlier in an update may hold that update's own norm by its end.
 class NormReads(HostReads):
+    def __init__(self):
+        super().__init__()
+        self.updates = []
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = super().__torch_dispatch__(func, types, args, kwargs)
         if len(self.storages) > len(self.updates):
@@ -146,9 +150,7 @@ class NormReads(HostReads):
 per_update = []
 train_step = PluginTrainer.train_step
 def counted_step(self, samples, raise_oom=False):
-    reads = NormReads()
-    reads.updates = []
-    with reads:
+    with NormReads() as reads:
         out = train_step(self, samples, raise_oom)
     per_update.append(reads.updates)
     return out

@@ -12,14 +12,21 @@ from gpt2_hpu.throughput import Throughput, fairseq_lm_flops_per_token, flops_pe
 from helpers import REPO, run
 
 
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("train_throughput", REPO / "benchmarks" / "train_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def _load_script(name):
+    """A script of benchmarks/ as a module; the environment as it was (profile_fast_path sets CUPTI's variables
+    for its own process at import)."""
+    saved = dict(os.environ)
+    try:
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / (name + ".py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     return module
 
 
-bench = _load_benchmark()
+bench = _load_script("train_throughput")
 
 
 class FakeClock:
@@ -307,21 +314,14 @@ def test_the_fast_path_is_shown_as_a_share_of_the_reference(monkeypatch, tmp_pat
 
 # --- the plain-PyTorch reference ------------------------------------------------------------------------
 
-def _load_reference():
-    spec = importlib.util.spec_from_file_location("reference_gpt2", REPO / "benchmarks" / "reference_gpt2.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_reference_computes_fairseqs_loss_with_fairseqs_parameters():
-    # The reference bounds what the fast path could reach only if it is the same model: Fairseq's
+    # The reference measures the fast path's kernels without a framework only if it is the same model: Fairseq's
     # transformer_lm_gpt at the host preset's widths, its parameters loaded, gives the same summed loss and
     # the same gradients (fp32, dropout off).
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-    ref = _load_reference()
+    ref = _load_script("reference_gpt2")
     argv = bench.fairseq_args("reference", bench.parse_args(["--device", "cpu", "--preset", "host"]))
     cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
     task = tasks.setup_task(cfg.task)
@@ -329,9 +329,7 @@ def test_the_reference_computes_fairseqs_loss_with_fairseqs_parameters():
     fairseq_model = task.build_model(cfg.model).eval()
     a = ref.parse_args(argv)
     assert ref.vocabulary_size(a.dict_size) == len(task.source_dictionary)
-    model = ref.GPT(ref.vocabulary_size(a.dict_size), a.decoder_layers, a.decoder_embed_dim,
-                    a.decoder_ffn_embed_dim, a.decoder_attention_heads, a.tokens_per_sample, a.dropout,
-                    a.attention_dropout).eval()
+    model = ref.build_model(a).eval()
     ref.load_fairseq_decoder(model, fairseq_model.state_dict())
     assert len(model.blocks) == 12 and sum(p.numel() for p in model.parameters()) == sum(
         p.numel() for p in fairseq_model.parameters())
@@ -368,19 +366,6 @@ def test_the_reference_trains_and_reports_like_a_fairseq_child():
 
 # --- the profile's device timeline -------------------------------------------------------------------------
 
-def _load_profile_script():
-    saved = dict(os.environ)  # it sets CUPTI's variables for its own process at import
-    try:
-        spec = importlib.util.spec_from_file_location("profile_fast_path",
-                                                      REPO / "benchmarks" / "profile_fast_path.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    return module
-
-
 class _Event:
     def __init__(self, name, start, end, device="CPU", annotation=False, thread=1):
         self.name, self.thread, self.is_user_annotation = name, thread, annotation
@@ -389,7 +374,7 @@ class _Event:
 
 
 def test_the_device_timeline_finds_idle_gaps_and_what_the_host_was_doing():
-    profile = _load_profile_script()
+    profile = _load_script("profile_fast_path")
     events = [
         _Event("train_step-13", 0, 1000, annotation=True), _Event("forward", 0, 300, annotation=True),
         _Event("backward", 300, 700, annotation=True), _Event("optimizer", 800, 900, annotation=True),

@@ -1,4 +1,5 @@
-"""The device a benchmark child ran on, and its peak memory, as the throughput benchmark records them."""
+"""The device a benchmark child ran on, its peak memory and its page faults, as the throughput benchmark records
+them."""
 import platform
 import resource
 
@@ -17,3 +18,8 @@ def device_facts(on_cuda):
     except (OSError, StopIteration):
         pass
     return name, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "host max RSS"
+
+
+def page_faults():
+    """The minor page faults of this process so far: each one the kernel mapping it a fresh zero-filled page."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -29,6 +29,7 @@ import argparse
 import ast
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -170,6 +171,8 @@ def main(argv=None):
         host_tokens, host_target = host_tokens.pin_memory(), host_target.pin_memory()
     tokens_per_update = args.batch_size * args.tokens_per_sample * args.update_freq
 
+    from device_facts import device_facts, page_faults  # beside this script, on the path when it runs as one
+
     marks, loss_sum = [], torch.zeros((), device=device)
     for update in range(1, args.max_update + 1):
         lr = args.warmup_init_lr + (args.lr - args.warmup_init_lr) * min(1.0, update / args.warmup_updates)
@@ -188,18 +191,17 @@ def main(argv=None):
         if update % args.log_interval == 0 or update == args.max_update:
             done = update - (marks[-1][1] if marks else 0)
             loss_bits = loss_sum.item() / (done * tokens_per_update) / math.log(2)  # the one host read
-            marks.append([time.perf_counter(), update, float(tokens_per_update), time.process_time(), loss_bits])
+            marks.append([time.perf_counter(), update, float(tokens_per_update), time.process_time(), loss_bits,
+                          page_faults()])
             loss_sum.zero_()
             print(json.dumps({"num_updates": update, "wpb": tokens_per_update, "loss": round(loss_bits, 3)}),
                   flush=True)
-
-    from device_facts import device_facts  # beside this script, on the path when it runs as one
 
     name, peak, kind = device_facts(device.type == "cuda")
     print(RESULT_TAG + json.dumps({
         "marks": marks, "overflows": 0, "plugin_loaded": False, "torch": torch.__version__, "fairseq": None,
         "python": platform.python_version(), "device_name": name, "peak_mem_bytes": peak, "peak_mem_kind": kind,
-        "compiled": not args.no_compile}), flush=True)
+        "compiled": not args.no_compile, "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}), flush=True)
     return 0
 
 

@@ -22,6 +22,16 @@ Fairseq's own `wps` is not used: its first value covers start-up and its `wall` 
 MFU divides the model's training FLOPs per token (6N + 12·L·d·T, `gpt2_hpu.throughput`, counted on the stock
 model built in this process on the meta device) times tokens/s by the device's dense bf16 peak (none on CPU).
 Peak memory: `torch.cuda.max_memory_allocated()` in the child on CUDA, the child's maximum RSS on CPU.
+Page faults: the child's minor faults per update in the window (`getrusage`), the kernel handing the process
+fresh zero-filled pages.
+
+`--host-malloc keep` starts every child with glibc's malloc told to keep the memory it frees
+(`HOST_MALLOC`). By default glibc gives a freed block of a tensor's size back to the kernel (an mmap'd block is
+unmapped, the heap's free top is trimmed), so the next micro-batch's tensor of that size faults fresh pages in
+again: on a CPU that page-fault work is part of every update, more so for eager code that allocates each
+intermediate anew than for compiled graphs that reuse their buffers. `keep` takes it out of every
+configuration alike, so the CPU ratios show the work itself; `default` is what a plain run gets. (CUDA's and
+Habana's caching allocators already keep device memory.)
 
 The `reference` configuration is not Fairseq: `reference_gpt2.py` trains the same model on the same batches in a
 bare PyTorch loop with the fast path's kernels, stamping its own log lines the same way. On CUDA it runs in the
@@ -46,6 +56,7 @@ import datetime
 import json
 import logging
 import os
+import platform
 import shlex
 import shutil
 import statistics
@@ -122,18 +133,27 @@ PRESETS = {
 
 RESULT_TAG = "TRAIN_THROUGHPUT_RESULT "
 
+# glibc tunables for `--host-malloc keep`: blocks below 32 MiB (the ceiling of glibc's own adaptive mmap
+# threshold on 64-bit, accepted by every glibc) come from the heap, and the heap is trimmed only past 1 GiB of
+# free top. Setting either stops glibc adapting both, so they are set together (the trim threshold alone would
+# leave the mmap threshold at 128 KiB, and more blocks unmapped than before).
+HOST_MALLOC = {
+    "default": [],
+    "keep": ["glibc.malloc.mmap_threshold=33554432", "glibc.malloc.trim_threshold=1073741824"],
+}
+
 # Runs fairseq_cli.train unchanged, stamping each train_inner log line, then reports peak memory and versions.
 CHILD = "import sys\nsys.path.insert(0, %r)\n" % os.path.dirname(os.path.abspath(__file__)) + r"""
-import json, logging, time
+import json, logging, os, time
 import fairseq_cli.train as train  # sets up Fairseq's logging first
-from device_facts import device_facts
+from device_facts import device_facts, page_faults
 
 marks, overflows = [], [0]
 
 class Stamp(logging.Handler):
     def emit(self, record):
         if record.name == "train_inner":
-            marks.append((time.perf_counter(), time.process_time(), record.getMessage()))
+            marks.append((time.perf_counter(), time.process_time(), page_faults(), record.getMessage()))
         elif "overflow detected" in record.getMessage():
             overflows[0] += 1
 
@@ -142,10 +162,12 @@ train.cli_main()
 
 import fairseq, platform, torch
 out = {"marks": [], "overflows": overflows[0], "plugin_loaded": "gpt2_hpu" in sys.modules,
-       "torch": torch.__version__, "fairseq": fairseq.__version__, "python": platform.python_version()}
-for t, cpu_t, message in marks:
+       "torch": torch.__version__, "fairseq": fairseq.__version__, "python": platform.python_version(),
+       "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
+for t, cpu_t, faults, message in marks:
     stats = json.loads(message)
-    out["marks"].append([t, int(float(stats["num_updates"])), float(stats["wpb"]), cpu_t, float(stats["loss"])])
+    out["marks"].append([t, int(float(stats["num_updates"])), float(stats["wpb"]), cpu_t, float(stats["loss"]),
+                         faults])
 name, peak, kind = device_facts("--cpu" not in sys.argv and torch.cuda.is_available())
 out.update(device_name=name, peak_mem_bytes=peak, peak_mem_kind=kind)
 print("TRAIN_THROUGHPUT_RESULT " + json.dumps(out), flush=True)
@@ -172,7 +194,13 @@ def parse_args(argv=None):
                    help="Fairseq's --log-interval, and so the updates between two time stamps; --updates and "
                         "--warmup must be multiples of it (default: the preset's: 10 for seed and host, as the "
                         "seed recipe; 1 for tiny). A logging step reads every statistic back to the host")
+    p.add_argument("--host-malloc", choices=sorted(HOST_MALLOC), default="default",
+                   help="glibc malloc in every child: 'default', or 'keep' the memory it frees instead of giving "
+                        "it back to the kernel and faulting it in again (see above; default: default)")
     args = p.parse_args(argv)
+    if HOST_MALLOC[args.host_malloc] and platform.libc_ver()[0] != "glibc":
+        p.error("--host-malloc %s sets glibc's malloc tunables, and this Python runs on %s: leave it out"
+                % (args.host_malloc, platform.libc_ver()[0] or "another C library"))
     preset = PRESETS[args.preset]
     args.updates = preset["updates"] if args.updates is None else args.updates
     args.warmup = preset["warmup"] if args.warmup is None else args.warmup
@@ -239,8 +267,8 @@ def model_flops_per_token(args):
 
 
 def measure(marks, warmup, flops_per_token=None, peak_flops=None):
-    """Replay the child's stamped log lines `[(time, num_updates, tokens[, process time]), ...]` through a
-    `Throughput`; `tokens` is Fairseq's `wpb`, the mean per update since the line before."""
+    """Replay the child's stamped log lines `[(time, num_updates, tokens[, process time, loss, page faults]),
+    ...]` through a `Throughput`; `tokens` is Fairseq's `wpb`, the mean per update since the line before."""
     now = [None]
     meter = Throughput(warmup_updates=warmup, flops_per_token=flops_per_token, peak_flops=peak_flops,
                        clock=lambda: now[0])
@@ -257,6 +285,8 @@ def measure(marks, warmup, flops_per_token=None, peak_flops=None):
     if len(window) > 1 and len(window[0]) > 3:
         # The child's CPU time per update: what the work costs, whatever else wants the cores meanwhile.
         summary["cpu_s_per_update"] = (window[-1][3] - window[0][3]) / (window[-1][1] - window[0][1])
+    if len(window) > 1 and len(window[0]) > 5 and window[0][5] is not None:
+        summary["faults_per_update"] = round((window[-1][5] - window[0][5]) / (window[-1][1] - window[0][1]))
     return summary
 
 
@@ -271,10 +301,20 @@ def command(config, args):
                                                          for a in cmd[3:]]
 
 
+def child_env(args):
+    """The environment of every child: this one's, unbuffered, with `--host-malloc`'s tunables added to any
+    GLIBC_TUNABLES already set."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t] + HOST_MALLOC[args.host_malloc]
+    if tunables:
+        env["GLIBC_TUNABLES"] = ":".join(tunables)
+    return env
+
+
 def run_config(config, args, log_path, flops_per_token):
     """Train one configuration in a child process; its numbers, or its failure and last log lines."""
     cmd, shown = command(config, args)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = child_env(args)
     record = {"command": " ".join(shlex.quote(a) for a in shown), "log": os.path.basename(log_path), "ok": False}
     began = time.perf_counter()
     with open(log_path, "w") as log:
@@ -309,7 +349,7 @@ def run_config(config, args, log_path, flops_per_token):
                   peak_mem_gb=round(child["peak_mem_bytes"] / 2 ** 30, 3), peak_mem_kind=child["peak_mem_kind"],
                   updates_logged=child["marks"][-1][1], overflow_skipped_updates=child["overflows"],
                   # The same seed and data in every configuration: the losses show that they train alike.
-                  last_loss=child["marks"][-1][4],
+                  last_loss=child["marks"][-1][4], glibc_tunables=child.get("glibc_tunables"),
                   torch=child["torch"], fairseq=child["fairseq"], python=child["python"])
     return record
 
@@ -344,7 +384,7 @@ def summarize(args, records, flops_per_token):
     doc = collections.OrderedDict(
         device=ok[0]["device_name"] if ok else None, device_kind=args.device, preset=args.preset,
         date=datetime.date.today().isoformat(), updates=args.updates, warmup=args.warmup, rounds=args.rounds,
-        log_interval=args.log_interval,
+        log_interval=args.log_interval, host_malloc=args.host_malloc,
         baseline=BASELINE[args.device], speedup=round(fast / base, 3) if base and fast else None,
         over_baseline={name: round(rate(name) / base, 3) for name in records if base and rate(name)},
     )
@@ -373,18 +413,20 @@ def summarize(args, records, flops_per_token):
 
 def report_lines(doc):
     """The table and the `speedup=` / `overhead=` lines printed at the end."""
-    lines = ["%-18s %12s %7s %7s %9s %8s %12s %9s %9s" % (
-        "config", "tokens/s", "x base", "MFU", "peak GB", "counted", "median s/upd", "process s", "last loss")]
+    lines = ["%-18s %12s %7s %7s %9s %8s %12s %10s %9s %9s" % (
+        "config", "tokens/s", "x base", "MFU", "peak GB", "counted", "median s/upd", "faults/upd", "process s",
+        "last loss")]
     for name, r in doc["configs"].items():
         if not r.get("ok"):
             lines.append("%-18s FAILED: %s" % (name, r.get("error")))
             continue
         mfu = "%.1f%%" % (100 * r["mfu"]) if r["mfu"] is not None else "-"
         ratio = doc.get("over_baseline", {}).get(name)
-        lines.append("%-18s %12.1f %7s %7s %9.3f %8d %12.4f %9.1f %9.3f" % (
+        faults = r.get("faults_per_update")
+        lines.append("%-18s %12.1f %7s %7s %9.3f %8d %12.4f %10s %9.1f %9.3f" % (
             name, r["tokens_per_s"], "%.3f" % ratio if ratio else "-", mfu, r["peak_mem_gb"], r["counted_updates"],
-            r["median_update_s"], r["process_s"], r["last_loss"]))
-    lines.append("device=%s" % doc["device"])
+            r["median_update_s"], "-" if faults is None else faults, r["process_s"], r["last_loss"]))
+    lines.append("device=%s host_malloc=%s" % (doc["device"], doc.get("host_malloc", "default")))
     lines.append("speedup=%s" % ("%.3f" % doc["speedup"] if doc["speedup"] is not None else "n/a"))
     if "fast_over_reference" in doc:
         lines.append("fast_over_reference=%.3f" % doc["fast_over_reference"])
@@ -408,8 +450,8 @@ def main(argv=None):
     except Exception as e:  # MFU is optional: tokens/s is still worth measuring
         print("MFU unavailable: could not build the model here (%s)" % e, flush=True)
         fpt = None
-    print("preset=%s device=%s updates=%d warmup=%d flops/token=%s configs=%s" % (
-        args.preset, args.device, args.updates, args.warmup, "%.4g" % fpt if fpt else "n/a",
+    print("preset=%s device=%s updates=%d warmup=%d flops/token=%s host_malloc=%s configs=%s" % (
+        args.preset, args.device, args.updates, args.warmup, "%.4g" % fpt if fpt else "n/a", args.host_malloc,
         ",".join(args.configs)), flush=True)
     log_dir = args.log_dir or tempfile.mkdtemp(prefix="train-throughput-")
     os.makedirs(log_dir, exist_ok=True)

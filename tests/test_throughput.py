@@ -217,11 +217,25 @@ def test_configurations_per_device_and_their_commands(tmp_path):
     assert "--decoder-layers" not in host  # transformer_lm_gpt's own 12
 
 
+def test_host_malloc_keep_adds_glibc_tunables_to_every_child(monkeypatch):
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.cpu.hwcaps=-AVX512F")
+    default = bench.parse_args(["--device", "cpu"])
+    assert default.host_malloc == "default"
+    assert bench.child_env(default)["GLIBC_TUNABLES"] == "glibc.cpu.hwcaps=-AVX512F"
+    keep = bench.child_env(bench.parse_args(["--device", "cpu", "--host-malloc", "keep"]))
+    # Both thresholds together (setting one alone stops glibc adapting the other), after the user's own.
+    assert keep["GLIBC_TUNABLES"] == ("glibc.cpu.hwcaps=-AVX512F:glibc.malloc.mmap_threshold=33554432:"
+                                      "glibc.malloc.trim_threshold=1073741824")
+    assert keep["PYTHONUNBUFFERED"] == "1"
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    assert "GLIBC_TUNABLES" not in bench.child_env(default)
+
+
 @pytest.mark.parametrize("argv", [
     ["--device", "cpu", "--warmup", "0"], ["--device", "cpu", "--updates", "5", "--warmup", "5"],
     ["--device", "cpu", "--configs", "stock-fp32,nonsense"], ["--device", "tpu"],
     ["--device", "cuda", "--preset", "seed", "--log-interval", "7"],  # 40 updates, warm-up 10: not multiples
-    ["--device", "cpu", "--log-interval", "0"],
+    ["--device", "cpu", "--log-interval", "0"], ["--device", "cpu", "--host-malloc", "some"],
 ])
 def test_bad_arguments_are_refused(argv, capsys):
     with pytest.raises(SystemExit) as e:
@@ -242,7 +256,12 @@ def test_measure_replays_the_stamped_updates():
     result = bench.measure(sparse, warmup=2)
     assert (result["counted_updates"], result["counted_tokens"], result["seconds"]) == (4, 192.0, 3.0)
     assert result["tokens_per_s"] == 64.0 and result["median_update_s"] == 0.75
-    assert result["cpu_s_per_update"] == 0.75
+    assert result["cpu_s_per_update"] == 0.75 and "faults_per_update" not in result
+
+    # The children's marks: [time, num_updates, wpb, process time, loss, minor page faults so far].
+    full = [[10.0, 1, 64.0, 3.0, 9.0, 500], [12.0, 2, 64.0, 5.0, 9.0, 1500], [13.0, 3, 64.0, 6.0, 9.0, 1700],
+            [14.0, 4, 64.0, 7.0, 9.0, 2100]]
+    assert bench.measure(full, warmup=2)["faults_per_update"] == 300  # (2100 - 1500) / 2 updates
 
 
 def _fake_record(rate, ok=True, cpu_s=0.1):
@@ -362,6 +381,27 @@ def test_the_reference_trains_and_reports_like_a_fairseq_child():
     assert all(8 < m[4] < 16 for m in child["marks"])  # base-2 loss near log2(4,096 words) at the start
     summary = bench.measure(child["marks"], warmup=1)
     assert summary["counted_updates"] == 2 and summary["tokens_per_s"] > 0
+    assert child["glibc_tunables"] is None and summary["faults_per_update"] >= 0
+
+
+def test_host_malloc_keep_reaches_the_child_and_takes_its_page_faults_away(monkeypatch):
+    # The eager reference allocates each intermediate anew: under glibc's defaults every update faults in
+    # thousands of fresh pages (6,000 to 13,000 at the tiny preset); with the tunables of --host-malloc keep, read
+    # by glibc as the child starts, freed memory is reused, and pages are faulted in only as the heap grows (none
+    # in most updates, a few thousand in some of the first).
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    faults = {}
+    for setting in ("default", "keep"):
+        args = bench.parse_args(["--device", "cpu", "--preset", "tiny", "--updates", "8", "--warmup", "4",
+                                 "--host-malloc", setting])
+        cmd, _ = bench.command("reference", args)
+        proc = run(cmd + ["--no-compile"], env=bench.child_env(args), timeout=120)
+        assert proc.returncode == 0, proc.output[-3000:]
+        line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(bench.RESULT_TAG))
+        child = json.loads(line[len(bench.RESULT_TAG):])
+        assert (child["glibc_tunables"] or "") == ":".join(bench.HOST_MALLOC[setting])
+        faults[setting] = bench.measure(child["marks"], warmup=4)["faults_per_update"]
+    assert faults["default"] > 2000 and faults["keep"] < faults["default"] / 4, faults
 
 
 # --- the profile's device timeline -------------------------------------------------------------------------
